@@ -1,0 +1,126 @@
+"""The connector contract: what a source yields and how it is acknowledged.
+
+A connector pulls from one source and yields :class:`SourceBatch` objects. The pipeline commits
+each batch (raw records, their blobs, dead letters and the checkpoint) in ONE transaction and
+only then calls :meth:`Connector.ack` so the source can flag, move, PUBACK or advance its cursor.
+A crash between the commit and the ack makes the source hand the same records over again; they
+are unique on (source, source_ref) and stored once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from normalizer.case import Channel
+
+if TYPE_CHECKING:
+    from outbox.blobs import BlobStore
+
+
+class BlobRef(BaseModel):
+    """A pointer to content in the blob store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    mime: str = "application/octet-stream"
+    size: int = Field(ge=0)
+    filename: str | None = None
+    role: str | None = None
+
+
+class RawRecord(BaseModel):
+    """One record as the source gave it, before any interpretation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    channel: Channel
+    source_ref: str = Field(min_length=1, max_length=1000)
+    received_at: AwareDatetime
+    payload: dict[str, Any] = Field(default_factory=dict)
+    attachments: list[BlobRef] = Field(default_factory=list)
+    raw_blob: str | None = Field(
+        default=None, description="sha256 of the original bytes (an RFC 822 mail, a file)."
+    )
+
+
+@dataclass
+class Reject:
+    """Input the connector could not turn into a record: goes to the dead letters."""
+
+    reason: str
+    raw: bytes | None = None
+    blob_sha256: str | None = None
+    source_ref: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SourceBatch:
+    """Records fetched together, committed together, then acknowledged together.
+
+    Attributes:
+        records: raw records (blobs already written to the blob store).
+        rejects: bad input for the dead letters.
+        checkpoint: the connector's state after this batch (None keeps the previous one).
+        ack_token: anything the connector needs in :meth:`Connector.ack`.
+        ignored: records recognised and deliberately skipped (auto-replies...), with reasons.
+    """
+
+    records: list[RawRecord] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    checkpoint: dict[str, Any] | None = None
+    ack_token: Any = None
+
+
+@dataclass
+class IngestContext:
+    """What a connector may use while fetching."""
+
+    blobs: BlobStore
+    checkpoint: dict[str, Any] | None
+    now: datetime
+    #: Stop fetching after this many records in one run (bounded work per run).
+    max_records: int | None = None
+    #: Store-backed advisory lock helpers and state, provided by the pipeline.
+    services: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """A source of raw records."""
+
+    #: The connector type name used in config (``type: jsonfile``).
+    type_name: ClassVar[str]
+    name: str
+    channel: Channel
+
+    def fetch(self, ctx: IngestContext) -> Iterator[SourceBatch]:
+        """Yield batches of new records since ``ctx.checkpoint``."""
+        ...
+
+    def ack(self, batch: SourceBatch) -> None:
+        """Acknowledge a batch at the source. Called only after the batch is committed."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+class ReparseError(ValueError):
+    """Raised when replayed raw bytes still cannot be parsed."""
+
+
+class Reparser(Protocol):
+    """Optional: connectors that can turn dead-lettered raw bytes into records again."""
+
+    def reparse(self, raw: bytes, source_ref: str | None, now: datetime) -> list[RawRecord]:
+        """Parse raw bytes (possibly corrected by an operator) into records."""
+        ...

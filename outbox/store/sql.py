@@ -1,0 +1,819 @@
+"""The durable store, written once in portable SQL for SQLite and PostgreSQL.
+
+Dialects differ only in how they connect, start a write transaction, name parameters and
+claim outbox rows; everything else (tables, queries, guarantees) lives here.
+
+Guarantees this module provides:
+
+* raw records are unique on (source, source_ref); a batch of records, its dead letters and the
+  connector checkpoint are committed in one transaction (:meth:`SqlStore.commit_ingest`);
+* a case, its index keys, its timeline event and its outbox rows are committed in the same
+  transaction as the raw record's state change (:class:`ProcessTx`);
+* outbox rows are unique on their idempotency key, so reprocessing never queues a second
+  delivery; a human reference is allocated once per case and never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from connectors.base import RawRecord, Reject
+from normalizer.case import Case, CaseUpdate
+from outbox.blobs import BlobStore
+from outbox.store.migrations import MIGRATIONS
+from outbox.store.timefmt import now_utc, parse_ts, ts
+
+logger = logging.getLogger(__name__)
+
+#: Namespace for idempotency keys (stable forever).
+DELIVERY_NAMESPACE = uuid.UUID("0b7f3c8e-59a2-5d61-8f3e-4a1d2c9e6b70")
+#: Grid cell size in degrees for proximity lookups (~111 m north-south).
+CELL_DEG = 0.001
+
+
+def idempotency_key(sink: str, case_id: str, kind: str, event_id: str | None) -> str:
+    """The stable idempotency key of one delivery to one sink."""
+    return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{sink}|{case_id}|{kind}|{event_id or ''}"))
+
+
+def cell_of(lat: float | None, lon: float | None) -> str | None:
+    """The grid cell a point falls in (index key for proximity lookups)."""
+    if lat is None or lon is None:
+        return None
+    return f"{math.floor(lat / CELL_DEG)}:{math.floor(lon / CELL_DEG)}"
+
+
+def neighbour_cells(lat: float, lon: float, radius_m: float) -> list[str]:
+    """All cells within ``radius_m`` of a point (a small square of cells)."""
+    dlat = radius_m / 111_320.0
+    dlon = radius_m / (111_320.0 * max(math.cos(math.radians(lat)), 0.01))
+    r_lat = math.ceil(dlat / CELL_DEG)
+    r_lon = math.ceil(dlon / CELL_DEG)
+    base_lat = math.floor(lat / CELL_DEG)
+    base_lon = math.floor(lon / CELL_DEG)
+    return [f"{base_lat + i}:{base_lon + j}"
+            for i in range(-r_lat, r_lat + 1) for j in range(-r_lon, r_lon + 1)]
+
+
+def reporter_key(case: Case) -> str | None:
+    """A privacy-preserving key for 'same reporter' lookups (hash of phone or e-mail)."""
+    r = case.reporter
+    ident = (r.phone or "").replace(" ", "").replace("-", "")[-11:] or (r.email or "").lower()
+    if not ident or r.anonymous:
+        return None
+    return hashlib.sha256(f"reporter|{ident}".encode()).hexdigest()[:32]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _loads(value: Any) -> Any:
+    if value is None or isinstance(value, (dict, list)):
+        return value
+    return json.loads(value)
+
+
+@dataclass
+class IngestResult:
+    """What one committed ingest batch did."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    raw_ids: list[int] | None = None
+
+
+@dataclass
+class StoredRaw:
+    """A raw record as stored, with its row id."""
+
+    id: int
+    record: RawRecord
+    state: str
+
+
+@dataclass
+class ClaimedDelivery:
+    """An outbox row claimed by a delivery worker."""
+
+    id: int
+    sink: str
+    case_id: str
+    kind: str
+    event_id: str | None
+    idempotency_key: str
+    attempts: int
+    first_attempt_at: datetime | None
+    created_at: datetime
+    last_error: dict[str, Any] | None
+    remote_id: str | None
+
+
+class SqlStore:
+    """Dialect-neutral store. Subclasses provide the connection and a few SQL details."""
+
+    dialect = "sql"
+    #: DDL fragments per dialect.
+    ddl_types: dict[str, str] = {}
+
+    def __init__(self, blobs: BlobStore, timezone: str = "Asia/Shanghai") -> None:
+        self.blobs = blobs
+        self.tz = ZoneInfo(timezone)
+        self.timezone = timezone
+        self.conn: Any = None
+
+    # ------------------------------------------------------------------ dialect hooks
+    def _sql(self, sql: str) -> str:
+        """Translate ``?`` placeholders to the driver's style."""
+        return sql
+
+    @contextmanager
+    def _write_tx(self) -> Iterator[Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+        yield
+
+    def _claim_sql(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    # ------------------------------------------------------------------ helpers
+    def _exec(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        cur.execute(self._sql(sql), tuple(params))
+        return cur
+
+    def _rows(self, cur: Any) -> list[dict[str, Any]]:
+        cols = [d[0] for d in cur.description] if cur.description else []
+        return [dict(zip(cols, row, strict=False)) for row in cur.fetchall()]
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a read-only query and return rows as dicts (for reports and the CLI)."""
+        cur = self.conn.cursor()
+        try:
+            self._exec(cur, sql, params)
+            return self._rows(cur)
+        finally:
+            cur.close()
+            self._end_read()
+
+    def _end_read(self) -> None:
+        """Finish an implicit read transaction where the driver opened one."""
+
+    # ------------------------------------------------------------------ migrations
+    def migrate(self) -> int:
+        """Apply pending migrations; return the schema version."""
+        with self._write_tx() as cur:
+            self._exec(cur, "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                            "version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+                            "applied_at TEXT NOT NULL)")
+            self._exec(cur, "SELECT version FROM schema_migrations")
+            done = {r[0] for r in cur.fetchall()}
+            for version, description, statements in MIGRATIONS:
+                if version in done:
+                    continue
+                for stmt in statements:
+                    self._exec(cur, stmt.format(**self.ddl_types))
+                self._exec(cur, "INSERT INTO schema_migrations (version, description, applied_at)"
+                                " VALUES (?, ?, ?)", (version, description, ts(now_utc())))
+                logger.info("migration applied", extra={"version": version,
+                                                         "description": description})
+        return max([v for v, _, _ in MIGRATIONS])
+
+    def schema_version(self) -> int:
+        """The applied schema version (0 when none)."""
+        rows = self.query("SELECT MAX(version) AS v FROM schema_migrations")
+        return int(rows[0]["v"] or 0)
+
+    # ------------------------------------------------------------------ ingest
+    def get_checkpoint(self, source: str) -> dict[str, Any] | None:
+        """The connector's last committed checkpoint."""
+        rows = self.query("SELECT value FROM checkpoints WHERE source = ?", (source,))
+        return _loads(rows[0]["value"]) if rows else None
+
+    def commit_ingest(
+        self,
+        source: str,
+        records: Sequence[RawRecord],
+        rejects: Sequence[Reject] = (),
+        checkpoint: dict[str, Any] | None = None,
+    ) -> IngestResult:
+        """Commit raw records, dead letters and the checkpoint in ONE transaction."""
+        result = IngestResult(raw_ids=[])
+        now = ts(now_utc())
+        with self._write_tx() as cur:
+            for rec in records:
+                self._exec(
+                    cur,
+                    "INSERT INTO raw_records (source, channel, source_ref, received_at, "
+                    "ingested_at, payload, attachments, raw_blob) VALUES (?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT (source, source_ref) DO NOTHING RETURNING id",
+                    (rec.source, rec.channel.value, rec.source_ref, ts(rec.received_at), now,
+                     _dumps(rec.payload),
+                     _dumps([a.model_dump(exclude_none=True) for a in rec.attachments]),
+                     rec.raw_blob),
+                )
+                row = cur.fetchone()
+                if row is None:
+                    result.duplicates += 1
+                else:
+                    result.inserted += 1
+                    result.raw_ids.append(int(row[0]))
+            for rej in rejects:
+                self._insert_dead_letter(cur, "ingest", source, rej.source_ref, rej.reason,
+                                         self._reject_blob(rej), detail=rej.detail)
+                result.dead += 1
+            if checkpoint is not None:
+                self._exec(cur, "INSERT INTO checkpoints (source, value, updated_at) "
+                                "VALUES (?,?,?) ON CONFLICT (source) DO UPDATE SET "
+                                "value = excluded.value, updated_at = excluded.updated_at",
+                           (source, _dumps(checkpoint), now))
+            self._bump_stats(cur, source, records=result.inserted, duplicates=result.duplicates,
+                             errors=result.dead)
+        return result
+
+    def _reject_blob(self, rej: Reject) -> str | None:
+        if rej.blob_sha256:
+            return rej.blob_sha256
+        if rej.raw is not None:
+            return self.blobs.put_bytes(rej.raw).sha256
+        return None
+
+    def _bump_stats(self, cur: Any, source: str, *, records: int = 0, duplicates: int = 0,
+                    errors: int = 0) -> None:
+        self._exec(cur, "INSERT INTO connector_stats (source, records_total, duplicates_total, "
+                        "errors_total) VALUES (?,?,?,?) ON CONFLICT (source) DO UPDATE SET "
+                        "records_total = connector_stats.records_total + excluded.records_total, "
+                        "duplicates_total = connector_stats.duplicates_total "
+                        "+ excluded.duplicates_total, "
+                        "errors_total = connector_stats.errors_total + excluded.errors_total",
+                   (source, records, duplicates, errors))
+
+    def record_run(self, source: str, *, ok: bool, error: str | None = None) -> None:
+        """Record the outcome of one connector run (for ``status``)."""
+        now = ts(now_utc())
+        with self._write_tx() as cur:
+            self._bump_stats(cur, source)
+            if ok:
+                self._exec(cur, "UPDATE connector_stats SET last_run_at = ?, last_success_at = ? "
+                                "WHERE source = ?", (now, now, source))
+            else:
+                self._exec(cur, "UPDATE connector_stats SET last_run_at = ?, last_error = ?, "
+                                "last_error_at = ?, errors_total = errors_total + 1 "
+                                "WHERE source = ?", (now, (error or "")[:1000], now, source))
+
+    def add_dead_letter(self, stage: str, source: str | None, reason: str, *,
+                        source_ref: str | None = None, blob_sha256: str | None = None,
+                        raw_record_id: int | None = None, outbox_id: int | None = None,
+                        detail: dict[str, Any] | None = None) -> int:
+        """Record a dead letter in its own transaction."""
+        with self._write_tx() as cur:
+            return self._insert_dead_letter(cur, stage, source, source_ref, reason, blob_sha256,
+                                            raw_record_id=raw_record_id, outbox_id=outbox_id,
+                                            detail=detail)
+
+    def _insert_dead_letter(self, cur: Any, stage: str, source: str | None,
+                            source_ref: str | None, reason: str, blob_sha256: str | None, *,
+                            raw_record_id: int | None = None, outbox_id: int | None = None,
+                            detail: dict[str, Any] | None = None) -> int:
+        self._exec(cur, "INSERT INTO dead_letters (stage, source, source_ref, reason, blob_sha256,"
+                        " raw_record_id, outbox_id, detail, created_at) VALUES (?,?,?,?,?,?,?,?,?)"
+                        " RETURNING id",
+                   (stage, source, source_ref, reason[:4000], blob_sha256, raw_record_id,
+                    outbox_id, _dumps(detail or {}), ts(now_utc())))
+        return int(cur.fetchone()[0])
+
+    # ------------------------------------------------------------------ process
+    def pending_raw(self, limit: int, after_id: int = 0,
+                    sources: Sequence[str] | None = None) -> list[StoredRaw]:
+        """Raw records waiting for the process stage, oldest first."""
+        sql = ("SELECT id, source, channel, source_ref, received_at, payload, attachments, "
+               "raw_blob, state FROM raw_records WHERE state = 'pending' AND id > ?")
+        params: list[Any] = [after_id]
+        if sources:
+            sql += f" AND source IN ({','.join('?' * len(sources))})"
+            params.extend(sources)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return [self._raw_from_row(r) for r in self.query(sql, params)]
+
+    def get_raw(self, raw_id: int) -> StoredRaw | None:
+        """Load one raw record by row id."""
+        rows = self.query("SELECT id, source, channel, source_ref, received_at, payload, "
+                          "attachments, raw_blob, state FROM raw_records WHERE id = ?", (raw_id,))
+        return self._raw_from_row(rows[0]) if rows else None
+
+    def _raw_from_row(self, r: dict[str, Any]) -> StoredRaw:
+        rec = RawRecord(source=r["source"], channel=r["channel"], source_ref=r["source_ref"],
+                        received_at=parse_ts(r["received_at"]), payload=_loads(r["payload"]),
+                        attachments=_loads(r["attachments"]), raw_blob=r["raw_blob"])
+        return StoredRaw(id=int(r["id"]), record=rec, state=r["state"])
+
+    @contextmanager
+    def process_tx(self, now: datetime | None = None) -> Iterator[ProcessTx]:
+        """A write transaction for the process stage (one batch of raw records)."""
+        with self._write_tx() as cur:
+            yield ProcessTx(self, cur, now or now_utc())
+
+    # ------------------------------------------------------------------ deliver
+    def claim_due(self, worker: str, limit: int, lease_s: float,
+                  now: datetime | None = None, sinks: Sequence[str] | None = None
+                  ) -> list[ClaimedDelivery]:
+        """Claim due outbox rows for this worker (a lease; expired leases are reclaimable).
+
+        An update is due only once the case it belongs to was delivered to the same sink.
+        """
+        now = now or now_utc()
+        until = ts(now + timedelta(seconds=lease_s))
+        sink_filter = ""
+        params: list[Any] = [ts(now), ts(now)]
+        if sinks:
+            sink_filter = f" AND o.sink IN ({','.join('?' * len(sinks))})"
+            params.extend(sinks)
+        params.append(limit)
+        with self._write_tx() as cur:
+            self._exec(cur, self._claim_sql().format(sink_filter=sink_filter), params)
+            ids = [int(r[0]) for r in cur.fetchall()]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            self._exec(cur, f"UPDATE outbox SET state = 'in_flight', claimed_by = ?, "
+                            f"claimed_until = ? WHERE id IN ({marks})", (worker, until, *ids))
+            self._exec(cur, f"SELECT o.id, o.sink, o.case_id, o.kind, o.event_id, "
+                            f"o.idempotency_key, o.attempts, o.first_attempt_at, o.created_at, "
+                            f"o.last_error, (SELECT c.remote_id FROM outbox c WHERE "
+                            f"c.sink = o.sink AND c.case_id = o.case_id AND c.kind = 'case') "
+                            f"AS case_remote_id FROM outbox o WHERE o.id IN ({marks}) "
+                            f"ORDER BY o.id", ids)
+            rows = self._rows(cur)
+        return [ClaimedDelivery(
+            id=int(r["id"]), sink=r["sink"], case_id=r["case_id"], kind=r["kind"],
+            event_id=r["event_id"], idempotency_key=r["idempotency_key"],
+            attempts=int(r["attempts"]), first_attempt_at=parse_ts(r["first_attempt_at"]),
+            created_at=parse_ts(r["created_at"]) or now, last_error=_loads(r["last_error"]),
+            remote_id=r["case_remote_id"]) for r in rows]
+
+    def start_attempt(self, outbox_id: int, worker: str, at: datetime | None = None) -> None:
+        """Record that an attempt is being made (before calling the sink)."""
+        at_s = ts(at or now_utc())
+        with self._write_tx() as cur:
+            self._exec(cur, "UPDATE outbox SET attempts = attempts + 1, last_attempt_at = ?, "
+                            "first_attempt_at = COALESCE(first_attempt_at, ?) "
+                            "WHERE id = ? AND claimed_by = ?", (at_s, at_s, outbox_id, worker))
+
+    def complete_delivery(self, d: ClaimedDelivery, *, remote_id: str | None,
+                          status_code: int | None, detail: dict[str, Any] | None = None,
+                          at: datetime | None = None) -> None:
+        """Record a receipt and mark the row delivered (one transaction)."""
+        at_s = ts(at or now_utc())
+        with self._write_tx() as cur:
+            self._exec(cur, "UPDATE outbox SET state = 'delivered', delivered_at = ?, "
+                            "remote_id = ?, claimed_by = NULL, claimed_until = NULL, "
+                            "last_error = NULL WHERE id = ?", (at_s, remote_id, d.id))
+            self._exec(cur, "INSERT INTO receipts (outbox_id, sink, case_id, idempotency_key, "
+                            "remote_id, status_code, at, detail) VALUES (?,?,?,?,?,?,?,?)",
+                       (d.id, d.sink, d.case_id, d.idempotency_key, remote_id, status_code, at_s,
+                        _dumps(detail or {})))
+            what = "delivered" if d.kind == "case" else "update delivered"
+            self._insert_event(cur, d.case_id, f"delivery:{d.id}", at_s, "delivered",
+                               f"{what} to {d.sink}" + (f" as {remote_id}" if remote_id else ""),
+                               {"sink": d.sink, "remote_id": remote_id, "kind": d.kind,
+                                "event_id": d.event_id, "status_code": status_code})
+            if d.kind == "case":
+                self._exec(cur, "UPDATE cases SET status = CASE WHEN status = 'new' THEN "
+                                "'delivered' ELSE status END, updated_at = ? WHERE case_id = ?",
+                           (at_s, d.case_id))
+
+    def retry_delivery(self, d: ClaimedDelivery, error: dict[str, Any],
+                       next_attempt_at: datetime) -> None:
+        """Schedule another attempt."""
+        with self._write_tx() as cur:
+            self._exec(cur, "UPDATE outbox SET state = 'retrying', next_attempt_at = ?, "
+                            "last_error = ?, claimed_by = NULL, claimed_until = NULL "
+                            "WHERE id = ?", (ts(next_attempt_at), _dumps(error), d.id))
+
+    def fail_delivery(self, d: ClaimedDelivery, error: dict[str, Any], reason: str) -> int:
+        """Dead-letter a delivery (one transaction); return the dead letter id."""
+        now = ts(now_utc())
+        with self._write_tx() as cur:
+            self._exec(cur, "UPDATE outbox SET state = 'dead', last_error = ?, claimed_by = NULL,"
+                            " claimed_until = NULL WHERE id = ?", (_dumps(error), d.id))
+            dl = self._insert_dead_letter(cur, "deliver", d.sink, d.case_id, reason, None,
+                                          outbox_id=d.id, detail=error)
+            self._insert_event(cur, d.case_id, f"dead:{d.id}:{dl}", now, "delivery_failed",
+                               f"delivery to {d.sink} failed: {reason}",
+                               {"sink": d.sink, "dead_letter": dl})
+        return dl
+
+    def release(self, d: ClaimedDelivery) -> None:
+        """Give a claimed row back untouched (shutdown)."""
+        with self._write_tx() as cur:
+            self._exec(cur, "UPDATE outbox SET state = CASE WHEN attempts = 0 THEN 'pending' "
+                            "ELSE 'retrying' END, claimed_by = NULL, claimed_until = NULL "
+                            "WHERE id = ? AND state = 'in_flight'", (d.id,))
+
+    def delivery_payload(self, d: ClaimedDelivery) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The case JSON (and the update JSON for updates) to send."""
+        rows = self.query("SELECT body FROM cases WHERE case_id = ?", (d.case_id,))
+        if not rows:
+            raise LookupError(f"case {d.case_id} not found")
+        update = None
+        if d.kind == "update":
+            ev = self.query("SELECT data FROM case_events WHERE case_id = ? AND event_id = ?",
+                            (d.case_id, d.event_id))
+            update = _loads(ev[0]["data"]) if ev else None
+        return _loads(rows[0]["body"]), update
+
+    # ------------------------------------------------------------------ operator views
+    def connector_stats(self) -> list[dict[str, Any]]:
+        """Per-source counters and last run outcome, with checkpoints."""
+        rows = self.query("SELECT s.*, c.value AS checkpoint FROM connector_stats s "
+                          "LEFT JOIN checkpoints c ON c.source = s.source ORDER BY s.source")
+        for r in rows:
+            r["checkpoint"] = _loads(r["checkpoint"])
+        return rows
+
+    def outbox_stats(self) -> list[dict[str, Any]]:
+        """Per-sink counts by state."""
+        return self.query("SELECT sink, state, COUNT(*) AS n FROM outbox GROUP BY sink, state "
+                          "ORDER BY sink, state")
+
+    def raw_stats(self) -> list[dict[str, Any]]:
+        """Raw record counts by source and state."""
+        return self.query("SELECT source, state, COUNT(*) AS n FROM raw_records "
+                          "GROUP BY source, state ORDER BY source, state")
+
+    def list_cases(self, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+        """Recent cases (newest first) with summary columns."""
+        sql = ("SELECT case_id, reference, channel, source, kind, category_code, department, "
+               "urgency, status, received_at, needs_review, body FROM cases")
+        where, params = [], []
+        for col in ("channel", "kind", "status", "category_code", "urgency", "source"):
+            if filters.get(col):
+                where.append(f"{col} = ?")
+                params.append(filters[col])
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY received_at DESC, reference DESC LIMIT ?"
+        params.append(limit)
+        rows = self.query(sql, params)
+        for r in rows:
+            r["body"] = _loads(r["body"])
+        return rows
+
+    def find_case(self, ref: str) -> Case | None:
+        """Load a case by reference or case_id."""
+        rows = self.query("SELECT body FROM cases WHERE reference = ? OR case_id = ?", (ref, ref))
+        return Case.model_validate(_loads(rows[0]["body"])) if rows else None
+
+    def case_row(self, ref: str) -> dict[str, Any] | None:
+        """A case's summary row by reference or case_id."""
+        rows = self.query("SELECT case_id, reference, status, kind, category_code, urgency, "
+                          "received_at, updated_at FROM cases WHERE reference = ? OR "
+                          "case_id = ?", (ref, ref))
+        return rows[0] if rows else None
+
+    def timeline(self, case_id: str) -> list[dict[str, Any]]:
+        """A case's events in order."""
+        rows = self.query("SELECT at, kind, text, data, event_id FROM case_events "
+                          "WHERE case_id = ? ORDER BY at, id", (case_id,))
+        for r in rows:
+            r["data"] = _loads(r["data"])
+        return rows
+
+    def deliveries(self, case_id: str) -> list[dict[str, Any]]:
+        """A case's outbox rows."""
+        rows = self.query("SELECT id, sink, kind, event_id, state, attempts, next_attempt_at, "
+                          "remote_id, last_error, idempotency_key FROM outbox WHERE case_id = ? "
+                          "ORDER BY id", (case_id,))
+        for r in rows:
+            r["last_error"] = _loads(r["last_error"])
+        return rows
+
+    def dead_letters(self, state: str | None = "new", limit: int = 100,
+                     stage: str | None = None) -> list[dict[str, Any]]:
+        """Dead letters, newest first."""
+        sql = "SELECT * FROM dead_letters"
+        where, params = [], []
+        if state:
+            where.append("replay_state = ?")
+            params.append(state)
+        if stage:
+            where.append("stage = ?")
+            params.append(stage)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        rows = self.query(sql, params)
+        for r in rows:
+            r["detail"] = _loads(r["detail"])
+        return rows
+
+    def dead_letter(self, dl_id: int) -> dict[str, Any] | None:
+        """One dead letter."""
+        rows = self.query("SELECT * FROM dead_letters WHERE id = ?", (dl_id,))
+        if not rows:
+            return None
+        rows[0]["detail"] = _loads(rows[0]["detail"])
+        return rows[0]
+
+    def mark_dead_letter(self, dl_id: int, state: str, result: str) -> None:
+        """Record the outcome of a replay (or a discard)."""
+        with self._write_tx() as cur:
+            self._exec(cur, "UPDATE dead_letters SET replay_state = ?, replayed_at = ?, "
+                            "replay_result = ? WHERE id = ?",
+                       (state, ts(now_utc()), result[:2000], dl_id))
+
+    def requeue_raw(self, raw_id: int, payload: dict[str, Any] | None = None,
+                    note: str = "") -> None:
+        """Send a raw record back to the process stage (optionally with a corrected payload)."""
+        with self._write_tx() as cur:
+            if payload is not None:
+                self._exec(cur, "UPDATE raw_records SET payload = ? WHERE id = ?",
+                           (_dumps(payload), raw_id))
+            self._exec(cur, "UPDATE raw_records SET state = 'pending', state_reason = ? "
+                            "WHERE id = ?", (note or None, raw_id))
+
+    def requeue_outbox(self, outbox_id: int) -> None:
+        """Queue a dead delivery again with the SAME idempotency key."""
+        with self._write_tx() as cur:
+            self._exec(cur, "UPDATE outbox SET state = 'pending', attempts = 0, "
+                            "next_attempt_at = ?, claimed_by = NULL, claimed_until = NULL "
+                            "WHERE id = ? AND state = 'dead'", (ts(now_utc()), outbox_id))
+
+    # ------------------------------------------------------------------ timeline and locks
+    def _insert_event(self, cur: Any, case_id: str, event_id: str, at: str, kind: str,
+                      text: str, data: dict[str, Any] | None) -> bool:
+        self._exec(cur, "INSERT INTO case_events (case_id, event_id, at, kind, text, data) "
+                        "VALUES (?,?,?,?,?,?) ON CONFLICT (case_id, event_id) DO NOTHING "
+                        "RETURNING id", (case_id, event_id, at, kind, text, _dumps(data or {})))
+        return cur.fetchone() is not None
+
+    def add_event(self, case_id: str, event_id: str, kind: str, text: str,
+                  data: dict[str, Any] | None = None, at: datetime | None = None,
+                  status: str | None = None) -> bool:
+        """Add a timeline event (idempotent on event_id); optionally set the case status."""
+        with self._write_tx() as cur:
+            added = self._insert_event(cur, case_id, event_id, ts(at or now_utc()), kind, text,
+                                       data)
+            if added and status:
+                self._exec(cur, "UPDATE cases SET status = ?, updated_at = ? WHERE case_id = ?",
+                           (status, ts(now_utc()), case_id))
+        return added
+
+    def acquire_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take (or renew) a named lock; False when another live owner holds it."""
+        now = now_utc()
+        with self._write_tx() as cur:
+            self._exec(cur, "DELETE FROM locks WHERE name = ? AND expires_at < ?",
+                       (name, ts(now)))
+            self._exec(cur, "INSERT INTO locks (name, owner, expires_at) VALUES (?,?,?) "
+                            "ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at "
+                            "WHERE locks.owner = excluded.owner RETURNING owner",
+                       (name, owner, ts(now + timedelta(seconds=ttl_s))))
+            row = cur.fetchone()
+        return row is not None
+
+    def release_lock(self, name: str, owner: str) -> None:
+        """Release a lock held by ``owner``."""
+        with self._write_tx() as cur:
+            self._exec(cur, "DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+
+
+class ProcessTx:
+    """One process-stage transaction; also the :class:`~normalizer.mapping.MapContext`.
+
+    Each raw record is handled inside a SAVEPOINT, so a failure rolls back that record alone
+    and the batch goes on.
+    """
+
+    def __init__(self, store: SqlStore, cur: Any, now: datetime) -> None:
+        self.store = store
+        self.cur = cur
+        self.now = now
+        self.blobs = store.blobs
+        self.timezone = store.timezone
+        self._sp = 0
+
+    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.store._exec(self.cur, sql, params)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Run a block in a savepoint; roll back just the block on error."""
+        self._sp += 1
+        name = f"sp{self._sp}"
+        self._exec(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._exec(f"ROLLBACK TO SAVEPOINT {name}")
+            self._exec(f"RELEASE SAVEPOINT {name}")
+            raise
+        else:
+            self._exec(f"RELEASE SAVEPOINT {name}")
+
+    # ---------------------------------------------------------------- MapContext
+    def find_case_by_key(self, key_type: str, key: str) -> str | None:
+        """Return the case_id indexed under (key_type, key)."""
+        self._exec("SELECT case_id FROM case_keys WHERE key_type = ? AND key = ?", (key_type, key))
+        row = self.cur.fetchone()
+        return row[0] if row else None
+
+    def get_case(self, case_id: str) -> Case | None:
+        """Load a stored case."""
+        self._exec("SELECT body FROM cases WHERE case_id = ?", (case_id,))
+        row = self.cur.fetchone()
+        return Case.model_validate(_loads(row[0])) if row else None
+
+    def state_get(self, namespace: str, key: str) -> dict[str, Any] | None:
+        """Read mapper state."""
+        self._exec("SELECT value FROM mapper_state WHERE namespace = ? AND key = ?",
+                   (namespace, key))
+        row = self.cur.fetchone()
+        return _loads(row[0]) if row else None
+
+    def state_put(self, namespace: str, key: str, value: dict[str, Any] | None) -> None:
+        """Write (or delete with None) mapper state."""
+        if value is None:
+            self._exec("DELETE FROM mapper_state WHERE namespace = ? AND key = ?",
+                       (namespace, key))
+            return
+        self._exec("INSERT INTO mapper_state (namespace, key, value, updated_at) VALUES "
+                   "(?,?,?,?) ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value,"
+                   " updated_at = excluded.updated_at",
+                   (namespace, key, _dumps(value), ts(self.now)))
+
+    def state_scan(self, namespace: str, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+        """List mapper state by key prefix."""
+        self._exec("SELECT key, value FROM mapper_state WHERE namespace = ? AND key >= ? "
+                   "AND key < ? ORDER BY key", (namespace, prefix, prefix + "\U0010ffff"))
+        return [(k, _loads(v)) for k, v in self.cur.fetchall()]
+
+    def nearby_cases(self, *, category_code: str | None, since: datetime,
+                     lat: float | None = None, lon: float | None = None,
+                     radius_m: float | None = None, community: str | None = None,
+                     address: str | None = None, reporter_key: str | None = None,
+                     limit: int = 50) -> list[dict[str, Any]]:
+        """Earlier cases near this one, found through indexes only."""
+        cols = ("case_id, reference, category_code, received_at, lat, lon, community, address, "
+                "reporter_key, fingerprint, body")
+        since_s = ts(since)
+        cat_sql = "category_code IS NULL" if category_code is None else "category_code = ?"
+        cat_p: list[Any] = [] if category_code is None else [category_code]
+        found: dict[str, dict[str, Any]] = {}
+        queries: list[tuple[str, list[Any]]] = []
+        if lat is not None and lon is not None and radius_m:
+            cells = neighbour_cells(lat, lon, radius_m)
+            queries.append((f"SELECT {cols} FROM cases WHERE {cat_sql} AND cell IN "
+                            f"({','.join('?' * len(cells))}) AND received_at >= ? "
+                            f"ORDER BY received_at DESC LIMIT ?",
+                            [*cat_p, *cells, since_s, limit]))
+        if community:
+            queries.append((f"SELECT {cols} FROM cases WHERE {cat_sql} AND community = ? "
+                            f"AND received_at >= ? ORDER BY received_at DESC LIMIT ?",
+                            [*cat_p, community, since_s, limit]))
+        if address:
+            queries.append((f"SELECT {cols} FROM cases WHERE {cat_sql} AND address = ? "
+                            f"AND received_at >= ? ORDER BY received_at DESC LIMIT ?",
+                            [*cat_p, address, since_s, limit]))
+        if reporter_key:
+            queries.append((f"SELECT {cols} FROM cases WHERE reporter_key = ? AND received_at >= ?"
+                            f" ORDER BY received_at DESC LIMIT ?", [reporter_key, since_s, limit]))
+        for sql, params in queries:
+            self._exec(sql, params)
+            for r in self.store._rows(self.cur):
+                body = _loads(r.pop("body"))
+                r["title"] = body.get("title", "")
+                r["description"] = body.get("description", "")
+                found.setdefault(r["case_id"], r)
+        return list(found.values())[: limit * 2]
+
+    # ---------------------------------------------------------------- writes
+    def save_case(self, case: Case, raw_id: int | None, sinks: Sequence[str],
+                  index_keys: Sequence[tuple[str, str]] = (), fingerprint: str | None = None
+                  ) -> tuple[Case, bool]:
+        """Insert or refresh a case, its keys, its 'received' event and its outbox rows.
+
+        Returns the case (with its reference) and whether it is new.
+        """
+        now_s = ts(self.now)
+        self._exec("SELECT reference FROM cases WHERE case_id = ?", (case.case_id,))
+        row = self.cur.fetchone()
+        is_new = row is None
+        if is_new:
+            day = case.origin.received_at.astimezone(self.store.tz).strftime("%Y%m%d")
+            self._exec("INSERT INTO reference_counters (day, last) VALUES (?, 1) ON CONFLICT "
+                       "(day) DO UPDATE SET last = reference_counters.last + 1 RETURNING last",
+                       (day,))
+            seq = int(self.cur.fetchone()[0])
+            case.reference = f"FB-{day}-{seq:06d}"
+        else:
+            case.reference = row[0]
+        if raw_id is not None:
+            case.origin.raw_record_id = raw_id
+        body = case.model_dump_json()
+        loc = case.location
+        params = (
+            case.origin.source, case.origin.source_ref,
+            case.origin.channel.value, case.kind.value, case.classification.category_code,
+            case.classification.department, case.urgency.level.value,
+            ts(case.origin.received_at), now_s, now_s, loc.lat, loc.lon,
+            cell_of(loc.lat, loc.lon), loc.district, loc.street, loc.community, loc.address,
+            reporter_key(case), fingerprint, int(case.review.needs_review), raw_id, body,
+        )
+        if is_new:
+            self._exec("INSERT INTO cases (source, source_ref, channel, kind, category_code, "
+                       "department, urgency, received_at, created_at, updated_at, lat, lon, cell,"
+                       " district, street, community, address, reporter_key, fingerprint, "
+                       "needs_review, raw_record_id, body, case_id, reference) VALUES "
+                       "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (*params, case.case_id, case.reference))
+        else:
+            self._exec("UPDATE cases SET source = ?, source_ref = ?, channel = ?, kind = ?, "
+                       "category_code = ?, department = ?, urgency = ?, received_at = ?, "
+                       "created_at = created_at, updated_at = ?, lat = ?, lon = ?, cell = ?, "
+                       "district = ?, street = ?, community = ?, address = ?, reporter_key = ?,"
+                       " fingerprint = ?, needs_review = ?, raw_record_id = ?, body = ? "
+                       "WHERE case_id = ?",
+                       (*params[:8], *params[9:], case.case_id))
+        for key_type, key in index_keys:
+            self._exec("INSERT INTO case_keys (key_type, key, case_id) VALUES (?,?,?) "
+                       "ON CONFLICT (key_type, key) DO NOTHING", (key_type, key, case.case_id))
+        if is_new:
+            self.store._insert_event(
+                self.cur, case.case_id, "received", ts(case.origin.received_at), "received",
+                f"received via {case.origin.channel.value} ({case.origin.source})",
+                {"raw_record_id": raw_id, "source_ref": case.origin.source_ref})
+            self.store._insert_event(
+                self.cur, case.case_id, "created", now_s, "created",
+                f"case {case.reference} created"
+                + (f", routed to {', '.join(sinks)}" if sinks else ", no sink matched"),
+                {"sinks": list(sinks), "category": case.classification.category_code,
+                 "urgency": case.urgency.level.value})
+        for sink in sinks:
+            self._queue(sink, case.case_id, "case", None)
+        return case, is_new
+
+    def save_update(self, update: CaseUpdate, sinks: Sequence[str]) -> bool:
+        """Record a follow-up on a case and queue it for the case's sinks (idempotent)."""
+        data = update.model_dump(mode="json")
+        added = self.store._insert_event(self.cur, update.case_id, f"update:{update.update_id}",
+                                         ts(update.at), update.kind, update.text, data)
+        if not added:
+            return False
+        self._exec("SELECT body FROM cases WHERE case_id = ?", (update.case_id,))
+        row = self.cur.fetchone()
+        if row is not None:
+            body = _loads(row[0])
+            body.setdefault("links", {})["updates"] = body.get("links", {}).get("updates", 0) + 1
+            self._exec("UPDATE cases SET body = ?, updated_at = ? WHERE case_id = ?",
+                       (_dumps(body), ts(self.now), update.case_id))
+        if update.deliver:
+            for sink in sinks:
+                self._queue(sink, update.case_id, "update", f"update:{update.update_id}")
+        return True
+
+    def case_sinks(self, case_id: str) -> list[str]:
+        """The sinks a case was routed to."""
+        self._exec("SELECT DISTINCT sink FROM outbox WHERE case_id = ? AND kind = 'case' "
+                   "ORDER BY sink", (case_id,))
+        return [r[0] for r in self.cur.fetchall()]
+
+    def _queue(self, sink: str, case_id: str, kind: str, event_id: str | None) -> None:
+        now_s = ts(self.now)
+        self._exec("INSERT INTO outbox (sink, case_id, kind, event_id, idempotency_key, state, "
+                   "next_attempt_at, created_at) VALUES (?,?,?,?,?,'pending',?,?) "
+                   "ON CONFLICT (idempotency_key) DO NOTHING",
+                   (sink, case_id, kind, event_id, idempotency_key(sink, case_id, kind, event_id),
+                    now_s, now_s))
+
+    def mark_raw(self, raw_id: int, state: str, reason: str | None = None,
+                 case_id: str | None = None) -> None:
+        """Set a raw record's processing state."""
+        self._exec("UPDATE raw_records SET state = ?, state_reason = ?, case_id = ?, "
+                   "processed_at = ? WHERE id = ?", (state, reason, case_id, ts(self.now), raw_id))
+
+    def dead_letter(self, stage: str, source: str | None, reason: str, *,
+                    source_ref: str | None = None, blob_sha256: str | None = None,
+                    raw_record_id: int | None = None, detail: dict[str, Any] | None = None
+                    ) -> int:
+        """Record a dead letter inside this transaction."""
+        return self.store._insert_dead_letter(self.cur, stage, source, source_ref, reason,
+                                              blob_sha256, raw_record_id=raw_record_id,
+                                              detail=detail)

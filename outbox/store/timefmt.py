@@ -1,0 +1,24 @@
+"""The one text format for times in the store: ISO 8601, UTC, microseconds, ``Z``."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def ts(dt: datetime) -> str:
+    """Format an aware datetime for storage (sorts correctly as text)."""
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime given to the store")
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    """Parse a stored time back into an aware datetime."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def now_utc() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(timezone.utc)
