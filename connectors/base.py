@@ -9,7 +9,8 @@ are unique on (source, source_ref) and stored once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -123,4 +124,19 @@ class Reparser(Protocol):
 
     def reparse(self, raw: bytes, source_ref: str | None, now: datetime) -> list[RawRecord]:
         """Parse raw bytes (possibly corrected by an operator) into records."""
+        ...
+
+
+class Listener(Protocol):
+    """Optional: connectors that can run continuously (MQTT subscriptions, IMAP IDLE).
+
+    ``feedback-hub listen`` calls :meth:`listen` in its own thread. The connector calls
+    ``commit(batch)`` for each batch; ``commit`` stores the batch in one transaction and then
+    calls the connector's :meth:`Connector.ack` (so acks still follow commits). ``listen``
+    returns when ``stop`` is set, and should reconnect with backoff on its own.
+    """
+
+    def listen(self, ctx: IngestContext, commit: Callable[[SourceBatch], None],
+               stop: threading.Event) -> None:
+        """Run until ``stop`` is set."""
         ...

@@ -29,7 +29,7 @@ from hub.logsetup import register_secrets
 from hub.routing import route
 from normalizer.case import CaseUpdate
 from normalizer.mappers import build_mapper
-from normalizer.mapping import Enricher, Mapper, MappingError
+from normalizer.mapping import Enricher, Mapper, MappingError, MapResult
 from outbox.blobs import BlobStore
 from outbox.sinks.base import Delivery, DeliveryError, Sink
 from outbox.sinks.registry import sink_class
@@ -242,26 +242,8 @@ def process(hub: Hub, *, limit: int | None = None, sources: Sequence[str] | None
                             stats.ignored += 1
                             stats.ignored_reasons[reason.split(":")[0]] += 1
                             continue
-                        case_id = None
-                        if result.case is not None:
-                            case = result.case
-                            for enricher in enrichers:
-                                enricher.enrich(case, tx)
-                            sinks = route(case, hub.config.routing, sink_names)
-                            fp = fingerprint(f"{case.title}\n{case.description}") \
-                                if fingerprint else None
-                            case, is_new = tx.save_case(case, stored.id, sinks,
-                                                        result.index_keys, fp)
-                            case_id = case.case_id
-                            if is_new:
-                                stats.cases_new += 1
-                                stats.kinds[case.kind.value] += 1
-                                stats.new_references.append(case.reference or "")
-                            else:
-                                stats.cases_refreshed += 1
-                        for upd in result.updates:
-                            _save_update(tx, upd, stats)
-                            case_id = case_id or upd.case_id
+                        case_id = _apply(hub, tx, result, stored.id, stats, sink_names,
+                                         enrichers, fingerprint)
                         tx.mark_raw(stored.id, "processed", None, case_id)
                 except Exception as exc:  # noqa: BLE001 - one bad record must not stop the batch
                     expected = isinstance(exc, MappingError)
@@ -281,9 +263,56 @@ def process(hub: Hub, *, limit: int | None = None, sources: Sequence[str] | None
         faults.point("after_case_commit")
         if progress:
             progress("process", stats.seen, total)
+    if not sources:
+        sweep(hub, stats)
     logger.info("processed", extra={"seen": stats.seen, "new": stats.cases_new,
                                     "updates": stats.updates, "ignored": stats.ignored,
                                     "failed": stats.failed})
+    return stats
+
+
+def _apply(hub: Hub, tx: Any, result: MapResult, raw_id: int | None, stats: ProcessStats,
+           sink_names: list[str], enrichers: list[Enricher],
+           fingerprint: Callable[[str], str] | None) -> str | None:
+    """Enrich, route and save what a mapper returned; return the case id it concerns."""
+    case_id = None
+    if result.case is not None:
+        case = result.case
+        for enricher in enrichers:
+            enricher.enrich(case, tx)
+        sinks = route(case, hub.config.routing, sink_names)
+        fp = fingerprint(f"{case.title}\n{case.description}") if fingerprint else None
+        case, is_new = tx.save_case(case, raw_id, sinks, result.index_keys, fp)
+        case_id = case.case_id
+        if is_new:
+            stats.cases_new += 1
+            stats.kinds[case.kind.value] += 1
+            stats.new_references.append(case.reference or "")
+        else:
+            stats.cases_refreshed += 1
+    for upd in result.updates:
+        _save_update(tx, upd, stats)
+        case_id = case_id or upd.case_id
+    return case_id
+
+
+def sweep(hub: Hub, stats: ProcessStats | None = None) -> ProcessStats:
+    """Run the time-based work of mappers that have a ``sweep`` (e.g. devices gone silent)."""
+    stats = stats or ProcessStats()
+    sink_names = hub.sink_names()
+    for cfg in hub.config.connectors:
+        if not cfg.enabled:
+            continue
+        mapper = hub.mapper(cfg.name, "")  # configured sources pick their mapper by type
+        if not hasattr(mapper, "sweep"):
+            continue
+        try:
+            with hub.store.process_tx() as tx:
+                for result in mapper.sweep(tx):
+                    _apply(hub, tx, result, None, stats, sink_names, hub.enrichers,
+                           _fingerprint_fn())
+        except Exception:  # noqa: BLE001 - a failing sweep must not stop processing
+            logger.error("sweep failed", extra={"source": cfg.name}, exc_info=True)
     return stats
 
 

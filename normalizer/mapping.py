@@ -93,6 +93,19 @@ class Mapper(Protocol):
         ...
 
 
+class Sweeper(Protocol):
+    """Optional on a mapper: time-based work not triggered by a record.
+
+    Called once per process run (and periodically by ``listen``) inside a process transaction,
+    e.g. to open a communication-lost episode for a device that went silent. The results are
+    saved like mapped records (cases are enriched and routed; updates queued).
+    """
+
+    def sweep(self, ctx: MapContext) -> list[MapResult]:
+        """Return cases/updates due at ``ctx.now``."""
+        ...
+
+
 class Enricher(Protocol):
     """Adds classification, urgency, deadlines, location, privacy or links to a case."""
 

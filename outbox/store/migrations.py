@@ -147,6 +147,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 replay_result TEXT
             )""",
             "CREATE INDEX dead_letters_state ON dead_letters (replay_state, id)",
+            "CREATE INDEX dead_letters_blob ON dead_letters (source, blob_sha256)",
             """CREATE TABLE mapper_state (
                 namespace TEXT NOT NULL,
                 key TEXT NOT NULL,

@@ -234,8 +234,17 @@ class SqlStore:
                     result.inserted += 1
                     result.raw_ids.append(int(row[0]))
             for rej in rejects:
+                blob = self._reject_blob(rej)
+                if blob is not None:
+                    # the same bad bytes offered again (a re-sent file): one open letter is enough
+                    self._exec(cur, "SELECT id FROM dead_letters WHERE stage = 'ingest' AND "
+                                    "source = ? AND blob_sha256 = ? AND replay_state = 'new'",
+                               (source, blob))
+                    if cur.fetchone() is not None:
+                        result.duplicates += 1
+                        continue
                 self._insert_dead_letter(cur, "ingest", source, rej.source_ref, rej.reason,
-                                         self._reject_blob(rej), detail=rej.detail)
+                                         blob, detail=rej.detail)
                 result.dead += 1
             if checkpoint is not None:
                 self._exec(cur, "INSERT INTO checkpoints (source, value, updated_at) "
@@ -752,6 +761,10 @@ class ProcessTx:
                        " fingerprint = ?, needs_review = ?, raw_record_id = ?, body = ? "
                        "WHERE case_id = ?",
                        (*params[:8], *params[9:], case.case_id))
+        if is_new:
+            self._exec("INSERT INTO case_keys (key_type, key, case_id) VALUES (?,?,?) "
+                       "ON CONFLICT (key_type, key) DO NOTHING",
+                       ("reference", case.reference, case.case_id))
         for key_type, key in index_keys:
             self._exec("INSERT INTO case_keys (key_type, key, case_id) VALUES (?,?,?) "
                        "ON CONFLICT (key_type, key) DO NOTHING", (key_type, key, case.case_id))
