@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,8 +24,15 @@ from hub.logsetup import redact, setup_logging
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_PARTIAL, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    # piped output (cron mail, CI logs) gets a wide table instead of rich's 80 columns
+    probe = Console(stderr=stderr)
+    width = None if probe.is_terminal or os.environ.get("COLUMNS") else 160
+    return Console(stderr=stderr, width=width)
+
+
+out = _console()
+err = _console(stderr=True)
 logger = logging.getLogger("hub.cli")
 
 
@@ -150,6 +158,19 @@ def run(c: Ctx, once: bool, connectors: tuple[str, ...], stages: tuple[str, ...]
         time.sleep(interval)
 
 
+@cli.command()
+@click.option("--poll-interval", default=30.0, show_default=True,
+              help="Seconds between polls of connectors that cannot push (IDLE/MQTT push).")
+@click.option("--tick", default=5.0, show_default=True,
+              help="Seconds between process/deliver passes when nothing arrives.")
+@pass_ctx
+def listen(c: Ctx, poll_interval: float, tick: float) -> None:
+    """Run continuously: MQTT subscriptions, IMAP IDLE, polls and the delivery loop."""
+    from hub.listen import run_forever
+
+    raise SystemExit(run_forever(c.config, poll_interval=poll_interval, tick=tick))
+
+
 def summary_dict(summary: Any, hub: Any) -> dict[str, Any]:
     """The run summary as plain data."""
     dead = hub.store.dead_letters("new", limit=1000)
@@ -216,8 +237,8 @@ def status(c: Ctx, as_json: bool) -> None:
                 "pending", "checkpoint"):
         t.add_column(col, overflow="fold")
     for s in data["connectors"]:
-        t.add_row(s["name"], s["type"], s["last_success_at"] or "never",
-                  (s["last_error_at"] or "") + (f" {s['last_error']}" if s["last_error"] else ""),
+        t.add_row(s["name"], s["type"], _when(s["last_success_at"]) or "never",
+                  _when(s["last_error_at"]) + (f" {s['last_error']}" if s["last_error"] else ""),
                   str(s["records_total"]), str(s["duplicates_total"]), str(s["errors_total"]),
                   str(s["raw_pending"]), json.dumps(s["checkpoint"], ensure_ascii=False)
                   if s["checkpoint"] is not None else "-")
@@ -233,6 +254,21 @@ def status(c: Ctx, as_json: bool) -> None:
     by_status = ", ".join(f"{k} {v}" for k, v in cs["by_status"].items()) or "none"
     out.print(f"Cases: {cs['total']} ({by_status}); needs review {cs['needs_review']}; "
               f"open dead letters {data['dead_letters_open']}")
+
+
+def _when(ts: str | None, tz: str | None = None) -> str:
+    """A stored UTC time for people: local zone when given, to the second."""
+    if not ts:
+        return ""
+    if tz:
+        from zoneinfo import ZoneInfo
+
+        from outbox.store.timefmt import parse_ts
+
+        parsed = parse_ts(ts)
+        if parsed is not None:
+            return parsed.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M:%S")
+    return ts[:19].replace("T", " ")
 
 
 # ------------------------------------------------------------------------------ cases
@@ -320,7 +356,7 @@ def cases_show(c: Ctx, ref: str, as_json: bool) -> None:
     for col in ("at", "event", "detail"):
         t.add_column(col, overflow="fold")
     for ev in timeline:
-        t.add_row(ev["at"][:19].replace("T", " "), ev["kind"], redact(ev["text"] or ""))
+        t.add_row(_when(ev["at"], c.config.timezone), ev["kind"], redact(ev["text"] or ""))
     out.print(t)
     t = Table(title="Deliveries", title_justify="left")
     for col in ("sink", "kind", "state", "attempts", "remote id", "last error"):
@@ -398,12 +434,14 @@ def dl_show(c: Ctx, dl_id: int, max_bytes: int) -> None:
 @dead_letters.command("replay")
 @click.argument("dl_id", type=int, required=False)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every open dead letter.")
+@click.option("--stage", type=click.Choice(["ingest", "process", "deliver"]),
+              help="With --all: only dead letters of this stage.")
 @click.option("--payload", type=click.Path(exists=True, dir_okay=False),
               help="Corrected input: raw bytes (ingest) or record JSON (process).")
 @click.option("--no-run", is_flag=True, help="Only re-queue; do not process and deliver now.")
 @pass_ctx
-def dl_replay(c: Ctx, dl_id: int | None, replay_all: bool, payload: str | None,
-              no_run: bool) -> None:
+def dl_replay(c: Ctx, dl_id: int | None, replay_all: bool, stage: str | None,
+              payload: str | None, no_run: bool) -> None:
     """Re-queue a dead letter (or --all) and run it through the rest of the pipeline."""
     from hub.pipeline import deliver, process
     from hub.replay import ReplayError, replay
@@ -415,8 +453,8 @@ def dl_replay(c: Ctx, dl_id: int | None, replay_all: bool, payload: str | None,
         err.print("--payload replays one dead letter at a time")
         raise SystemExit(EXIT_CONFIG)
     hub = c.hub
-    ids = [dl_id] if dl_id is not None else [r["id"] for r in hub.store.dead_letters(
-        "new", limit=100_000)]
+    ids = [dl_id] if dl_id is not None else [r["id"] for r in reversed(hub.store.dead_letters(
+        "new", limit=100_000, stage=stage))]
     corrected = Path(payload).read_bytes() if payload else None
     failures = 0
     for i in ids:

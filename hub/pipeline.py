@@ -361,6 +361,7 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
     policy = hub.config.delivery
     configured = set(hub.sink_names())
     target = [s for s in (sinks or configured) if s in configured]
+    hub.store.expire_claims_of_dead_workers(socket.gethostname())
     done = 0
     while limit is None or done < limit:
         size = policy.batch_size if limit is None else min(policy.batch_size, limit - done)

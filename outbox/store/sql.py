@@ -376,6 +376,37 @@ class SqlStore:
             created_at=parse_ts(r["created_at"]) or now, last_error=_loads(r["last_error"]),
             remote_id=r["case_remote_id"]) for r in rows]
 
+    def expire_claims_of_dead_workers(self, host: str) -> int:
+        """Expire leases held by processes on ``host`` that no longer exist (after a crash).
+
+        Workers are named ``host:pid``; a lease of a dead local process can be taken at once
+        instead of waiting for it to run out. Leases of other hosts are left to expire.
+        """
+        import os
+
+        rows = self.query("SELECT DISTINCT claimed_by FROM outbox WHERE state = 'in_flight' "
+                          "AND claimed_by LIKE ?", (f"{host}:%",))
+        dead = []
+        for r in rows:
+            pid_s = str(r["claimed_by"]).rsplit(":", 1)[-1]
+            if not pid_s.isdigit():
+                continue
+            try:
+                os.kill(int(pid_s), 0)
+            except ProcessLookupError:
+                dead.append(r["claimed_by"])
+            except PermissionError:
+                continue
+        if not dead:
+            return 0
+        with self._write_tx() as cur:
+            marks = ",".join("?" * len(dead))
+            self._exec(cur, f"UPDATE outbox SET claimed_until = ? WHERE state = 'in_flight' "
+                            f"AND claimed_by IN ({marks})", ("1970-01-01T00:00:00.000000Z", *dead))
+            n = cur.rowcount
+        logger.warning("expired leases of crashed workers", extra={"workers": dead, "rows": n})
+        return int(n)
+
     def start_attempt(self, outbox_id: int, worker: str, at: datetime | None = None) -> None:
         """Record that an attempt is being made (before calling the sink)."""
         at_s = ts(at or now_utc())

@@ -1,0 +1,157 @@
+"""``feedback-hub listen``: run continuously.
+
+* Each connector that implements :class:`~connectors.base.Listener` (MQTT, IMAP IDLE) gets its
+  own thread and its own store connection; every batch it hands over is committed and then
+  acknowledged at the source.
+* Connectors without ``listen`` are polled every ``poll_interval``.
+* One worker thread processes pending records and delivers due rows, woken as soon as a batch
+  is committed (so latency stays low) and at least every ``tick`` seconds (retries, sweeps).
+
+SIGINT / SIGTERM stop everything cleanly: listeners return, in-flight work finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from connectors.base import IngestContext, SourceBatch
+from hub import faults
+from hub.config import HubConfig
+from hub.pipeline import Hub, deliver, ingest, process
+from outbox.store.timefmt import now_utc
+
+logger = logging.getLogger(__name__)
+
+
+class Listen:
+    """The long-running runtime (also usable from tests: call :meth:`stop`)."""
+
+    def __init__(self, config: HubConfig, *, poll_interval: float = 30.0, tick: float = 5.0,
+                 extra_stages: list[Callable[[Hub], Any]] | None = None) -> None:
+        self.config = config
+        self.poll_interval = poll_interval
+        self.tick = tick
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.errors: list[str] = []
+        self.extra_stages = extra_stages or []
+
+    def stop(self) -> None:
+        """Ask every thread to finish."""
+        self.stop_event.set()
+        self.wake.set()
+
+    def start(self) -> None:
+        """Start listener, poller and worker threads."""
+        probe = Hub(self.config, worker_id=None)
+        listeners, pollers = [], []
+        for cfg in self.config.connectors:
+            if not cfg.enabled:
+                continue
+            conn = probe.connector(cfg.name)
+            (listeners if hasattr(conn, "listen") else pollers).append(cfg.name)
+        probe.close()
+        for name in listeners:
+            self._spawn(f"listen-{name}", self._listen_loop, name)
+        if pollers:
+            self._spawn("poll", self._poll_loop, pollers)
+        self._spawn("worker", self._worker_loop)
+        logger.info("listening", extra={"listeners": listeners, "polled": pollers})
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        t = threading.Thread(target=self._guard, args=(name, target, *args), name=name,
+                             daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _guard(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        backoff = 1.0
+        while not self.stop_event.is_set():
+            try:
+                target(*args)
+                return
+            except Exception as exc:  # noqa: BLE001 - keep the thread alive; back off
+                self.errors.append(f"{name}: {exc}")
+                logger.error("thread failed, restarting", extra={"thread": name,
+                                                                 "error": str(exc)},
+                             exc_info=True)
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 60.0)
+
+    def _listen_loop(self, name: str) -> None:
+        hub = Hub(self.config)
+        try:
+            conn = hub.connector(name)
+
+            def commit(batch: SourceBatch) -> None:
+                hub.store.commit_ingest(name, batch.records, batch.rejects, batch.checkpoint)
+                if batch.checkpoint is not None:
+                    ctx.checkpoint = batch.checkpoint
+                faults.point("after_ingest_commit")
+                conn.ack(batch)
+                if batch.records:
+                    self.wake.set()
+
+            ctx = IngestContext(blobs=hub.blobs, checkpoint=hub.store.get_checkpoint(name),
+                                now=now_utc(), services={"store": hub.store,
+                                                         "worker_id": hub.worker_id})
+            conn.listen(ctx, commit, self.stop_event)  # type: ignore[attr-defined]
+            hub.store.record_run(name, ok=True)
+        finally:
+            hub.close()
+
+    def _poll_loop(self, names: list[str]) -> None:
+        hub = Hub(self.config)
+        try:
+            while not self.stop_event.is_set():
+                stats = ingest(hub, names)
+                if any(s.inserted for s in stats):
+                    self.wake.set()
+                self.stop_event.wait(self.poll_interval)
+        finally:
+            hub.close()
+
+    def _worker_loop(self) -> None:
+        hub = Hub(self.config)
+        try:
+            while not self.stop_event.is_set():
+                self.wake.clear()
+                process(hub)
+                deliver(hub)
+                for stage in self.extra_stages:
+                    stage(hub)
+                self.wake.wait(self.tick)
+            # finish what was committed before the stop
+            process(hub)
+            deliver(hub)
+        finally:
+            hub.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for every thread to end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self.threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+def run_forever(config: HubConfig, **kwargs: Any) -> int:
+    """Run until SIGINT/SIGTERM; return an exit code."""
+    runtime = Listen(config, **kwargs)
+
+    def _stop(signum: int, _frame: Any) -> None:
+        logger.info("stopping", extra={"signal": signum})
+        runtime.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    runtime.start()
+    while not runtime.stop_event.is_set():
+        runtime.stop_event.wait(1.0)
+    runtime.join(timeout=30)
+    return 0

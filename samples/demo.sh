@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# `make demo`: the whole chain on the bundled samples, embedded default (SQLite + blob folder).
+# Safe to run again: the same inputs are recognised and nothing new is delivered.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HUB=.venv/bin/feedback-hub
+CFG=samples/feedback-hub.yaml
+export FEEDBACK_HUB_CONFIG=$CFG
+
+mkdir -p .demo/inbox/forward .demo/out
+# upstream platform exports (jsonfile connector): dropped into the inbox as a platform would
+cp samples/forward/* .demo/inbox/forward/
+
+echo "== run --once"
+$HUB run --once
+echo
+echo "== cases delivered"
+$HUB cases list --limit 200
+echo
+echo "== status"
+$HUB status
+echo
+echo "Delivered cases are in .demo/out/cases.jsonl ($(wc -l < .demo/out/cases.jsonl) lines)."
+echo "Try: $HUB -c $CFG cases show <reference>   |   $HUB -c $CFG dead-letters list"

@@ -1,0 +1,131 @@
+"""The SQLite store on a real file: uniqueness, references, claims, ordering, locks."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from connectors.base import RawRecord, Reject
+from normalizer.case import Case, CaseUpdate, Channel, Origin, case_id_for
+from outbox.blobs import BlobStore
+from outbox.store import open_store
+from outbox.store.sql import SqlStore, idempotency_key
+
+T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqlStore:
+    s = open_store(f"sqlite:///{tmp_path / 'hub.db'}", BlobStore(tmp_path / "blobs"))
+    yield s
+    s.close()
+
+
+def raw(ref: str) -> RawRecord:
+    return RawRecord(source="src", channel=Channel.forward, source_ref=ref, received_at=T0,
+                     payload={"record": {"title": ref}})
+
+
+def case(ref: str) -> Case:
+    return Case(case_id=case_id_for("src", ref), title=ref,
+                origin=Origin(channel=Channel.forward, source="src", source_ref=ref,
+                              received_at=T0))
+
+
+def test_migrations_are_idempotent(tmp_path: Path, store: SqlStore) -> None:
+    assert store.schema_version() == 1
+    again = open_store(f"sqlite:///{tmp_path / 'hub.db'}", BlobStore(tmp_path / "blobs"))
+    assert again.schema_version() == 1
+    again.close()
+
+
+def test_raw_records_unique_and_checkpoint_in_same_commit(store: SqlStore) -> None:
+    res = store.commit_ingest("src", [raw("a"), raw("b")], [Reject("bad", raw=b"\xff")],
+                              {"cursor": 2})
+    assert (res.inserted, res.duplicates, res.dead) == (2, 0, 1)
+    res = store.commit_ingest("src", [raw("a"), raw("c")], [Reject("bad", raw=b"\xff")],
+                              {"cursor": 3})
+    assert (res.inserted, res.duplicates, res.dead) == (1, 2, 0)
+    assert store.get_checkpoint("src") == {"cursor": 3}
+    dl = store.dead_letters()[0]
+    assert dl["stage"] == "ingest" and store.blobs.read(dl["blob_sha256"]) == b"\xff"
+
+
+def test_failed_commit_keeps_neither_records_nor_checkpoint(store: SqlStore) -> None:
+    store.commit_ingest("src", [raw("a")], checkpoint={"cursor": 1})
+    # the record row is written first, then the reject fails mid-transaction
+    with pytest.raises(TypeError):
+        store.commit_ingest("src", [raw("b")], [Reject("bad", raw=12345)],  # type: ignore[arg-type]
+                            checkpoint={"cursor": 9})
+    assert store.get_checkpoint("src") == {"cursor": 1}
+    assert len(store.pending_raw(10)) == 1
+
+
+def test_reference_allocated_once_and_never_reused(store: SqlStore) -> None:
+    with store.process_tx() as tx:
+        c1, new1 = tx.save_case(case("a"), None, ["s1"])
+        c2, _ = tx.save_case(case("b"), None, ["s1"])
+    with store.process_tx() as tx:
+        again, new_again = tx.save_case(case("a"), None, ["s1"])
+    assert new1 and not new_again
+    assert c1.reference == "FB-20261124-000001" and c2.reference == "FB-20261124-000002"
+    assert again.reference == c1.reference
+    rows = store.query("SELECT COUNT(*) AS n FROM outbox")
+    assert rows[0]["n"] == 2  # reprocessing queued nothing new
+
+
+def test_savepoint_rolls_back_one_record_only(store: SqlStore) -> None:
+    with store.process_tx() as tx:
+        tx.save_case(case("a"), None, ["s1"])
+        with pytest.raises(RuntimeError), tx.savepoint():
+            tx.save_case(case("b"), None, ["s1"])
+            raise RuntimeError("mapper bug")
+    refs = [r["reference"] for r in store.query("SELECT reference FROM cases")]
+    assert refs == ["FB-20261124-000001"]
+
+
+def test_claims_lease_and_update_waits_for_its_case(store: SqlStore) -> None:
+    with store.process_tx() as tx:
+        tx.save_case(case("a"), None, ["s1"])
+        tx.save_update(CaseUpdate(case_id=case_id_for("src", "a"), update_id="u1",
+                                  kind="reply", at=T0, text="more info"), ["s1"])
+    now = datetime.now(timezone.utc)
+    first = store.claim_due("w1", 10, 60, now)
+    assert [d.kind for d in first] == ["case"]  # the update is not due before its case
+    assert store.claim_due("w2", 10, 60, now) == []  # leased to w1
+    later = store.claim_due("w2", 10, 60, now + timedelta(seconds=61))
+    assert [d.id for d in later] == [first[0].id]  # lease ran out: reclaimable
+    store.complete_delivery(later[0], remote_id="R-1", status_code=201)
+    upd = store.claim_due("w2", 10, 60, now)
+    assert [d.kind for d in upd] == ["update"] and upd[0].remote_id == "R-1"
+    assert upd[0].idempotency_key == idempotency_key("s1", case_id_for("src", "a"), "update",
+                                                     "update:u1")
+
+
+def test_locks_exclude_other_owners_until_expiry(store: SqlStore) -> None:
+    assert store.acquire_lock("mailbox", "a", 60)
+    assert not store.acquire_lock("mailbox", "b", 60)
+    assert store.acquire_lock("mailbox", "a", 60)  # renew
+    store.release_lock("mailbox", "a")
+    assert store.acquire_lock("mailbox", "b", 0.001)
+    import time
+
+    time.sleep(0.01)
+    assert store.acquire_lock("mailbox", "a", 60)
+
+
+def test_blob_store_streams_and_dedupes(tmp_path: Path) -> None:
+    import io
+
+    blobs = BlobStore(tmp_path / "b")
+    data = b"x" * (3 * 1024 * 1024 + 7)
+    ref = blobs.put_stream(io.BytesIO(data), mime="text/plain")
+    assert ref.size == len(data) and blobs.read(ref.sha256) == data
+    assert blobs.put_bytes(data).sha256 == ref.sha256
+    from outbox.blobs import BlobTooLarge
+
+    with pytest.raises(BlobTooLarge):
+        blobs.put_stream(io.BytesIO(data), max_size=1024)
+    assert not list((tmp_path / "b" / "tmp").iterdir())  # nothing half-written left
