@@ -48,6 +48,7 @@ class Ctx:
 
     @property
     def config(self) -> HubConfig:
+        """The validated config (exits with code 2 and every error when it is invalid)."""
         if self._config is None:
             try:
                 self._config = load_config(self.config_path)
@@ -63,6 +64,7 @@ class Ctx:
 
     @property
     def hub(self) -> Any:
+        """The runtime, built on first use."""
         if self._hub is None:
             from hub.pipeline import Hub
 
@@ -70,6 +72,7 @@ class Ctx:
         return self._hub
 
     def close(self) -> None:
+        """Close the runtime if it was built."""
         if self._hub is not None:
             self._hub.close()
 

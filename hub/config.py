@@ -118,7 +118,7 @@ class HubConfig(StrictModel):
 
         try:
             ZoneInfo(v)
-        except Exception as exc:  # noqa: BLE001 - any failure means unknown zone
+        except Exception as exc:
             raise ValueError(f'expected an IANA time zone like "Asia/Shanghai", got "{v}"') from exc
         return v
 
@@ -195,7 +195,8 @@ def _error_lines(exc: ValidationError, prefix: tuple[Any, ...], secret_paths: se
                  ) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
-        loc = (*prefix, *[p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))])
+        loc = (*prefix, *[p for p in err["loc"]
+                          if not (isinstance(p, str) and p.startswith("function-"))])
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]

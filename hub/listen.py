@@ -76,7 +76,7 @@ class Listen:
             try:
                 target(*args)
                 return
-            except Exception as exc:  # noqa: BLE001 - keep the thread alive; back off
+            except Exception as exc:
                 self.errors.append(f"{name}: {exc}")
                 logger.error("thread failed, restarting", extra={"thread": name,
                                                                  "error": str(exc)},

@@ -48,7 +48,7 @@ class PrivacyFilter(logging.Filter):
         """Rewrite the message, its args and every structured field."""
         try:
             msg = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string must not kill logging
+        except Exception:
             msg = str(record.msg)
         record.msg = redact(msg)
         record.args = None

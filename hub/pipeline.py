@@ -121,12 +121,12 @@ class Hub:
         for c in self._connectors.values():
             try:
                 c.close()
-            except Exception:  # noqa: BLE001 - closing must not mask the real outcome
+            except Exception:
                 logger.warning("connector close failed", exc_info=True)
         for s in self._sinks.values():
             try:
                 s.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.warning("sink close failed", exc_info=True)
         self.store.close()
 
@@ -187,7 +187,7 @@ def ingest(hub: Hub, names: Sequence[str] | None = None, *, max_records: int | N
             hub.store.record_run(cfg.name, ok=True)
             logger.info("ingested", extra={"source": cfg.name, "inserted": stats.inserted,
                                            "duplicates": stats.duplicates, "dead": stats.dead})
-        except Exception as exc:  # noqa: BLE001 - one source failing must not stop the others
+        except Exception as exc:
             stats.error = f"{type(exc).__name__}: {exc}"
             logger.error("connector failed", extra={"source": cfg.name, "error": stats.error})
             hub.store.record_run(cfg.name, ok=False, error=stats.error)
@@ -245,7 +245,7 @@ def process(hub: Hub, *, limit: int | None = None, sources: Sequence[str] | None
                         case_id = _apply(hub, tx, result, stored.id, stats, sink_names,
                                          enrichers, fingerprint)
                         tx.mark_raw(stored.id, "processed", None, case_id)
-                except Exception as exc:  # noqa: BLE001 - one bad record must not stop the batch
+                except Exception as exc:
                     expected = isinstance(exc, MappingError)
                     reason = str(exc) if expected else f"unexpected {type(exc).__name__}: {exc}"
                     with tx.savepoint():
@@ -311,7 +311,7 @@ def sweep(hub: Hub, stats: ProcessStats | None = None) -> ProcessStats:
                 for result in mapper.sweep(tx):
                     _apply(hub, tx, result, None, stats, sink_names, hub.enrichers,
                            _fingerprint_fn())
-        except Exception:  # noqa: BLE001 - a failing sweep must not stop processing
+        except Exception:
             logger.error("sweep failed", extra={"source": cfg.name}, exc_info=True)
     return stats
 
@@ -382,7 +382,6 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
 def deliver_one(hub: Hub, d: ClaimedDelivery, stats: DeliverStats,
                 now_fn: Callable[[], datetime] = now_utc) -> None:
     """Attempt one claimed delivery and record the outcome."""
-    policy = hub.config.delivery
     store = hub.store
     try:
         case_json, update_json = store.delivery_payload(d)
@@ -409,7 +408,7 @@ def deliver_one(hub: Hub, d: ClaimedDelivery, stats: DeliverStats,
             err["ambiguous_seen"] = True  # sinks reconcile before re-posting after this
         _failed(hub, d, err, exc.retryable, exc.retry_after, stats, now_fn)
         return
-    except Exception as exc:  # noqa: BLE001 - a sink bug is retried, then dead-lettered
+    except Exception as exc:
         err = {"reason": f"unexpected {type(exc).__name__}: {exc}", "retryable": True,
                "attempt": d.attempts + 1, "at": attempt_at.isoformat()}
         logger.error("sink raised", extra={"sink": d.sink, "outbox_id": d.id}, exc_info=True)

@@ -149,8 +149,8 @@ class ForwardMapper:
             extra={k: rec[k] for k in ("category", "platform", "attachments", "channel")
                    if k in rec},
         )
-        keys = [("upstream_id", f"{raw.source}:{upstream_id}")] if upstream_id is not None else []
-        return MapResult(case=case, index_keys=keys)
+        # no extra index key: the case id is already deterministic from (source, upstream id)
+        return MapResult(case=case)
 
     def _location(self, rec: dict[str, Any]) -> Location:
         loc_in = rec.get("location") if isinstance(rec.get("location"), dict) else {}

@@ -27,8 +27,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from connectors.base import RawRecord, Reject
-from normalizer.case import Case, CaseUpdate
+from connectors.base import BlobRef, RawRecord, Reject
+from normalizer.case import Case, CaseUpdate, Channel, fast_uuid5
 from outbox.blobs import BlobStore
 from outbox.store.migrations import MIGRATIONS
 from outbox.store.timefmt import now_utc, parse_ts, ts
@@ -43,7 +43,7 @@ CELL_DEG = 0.001
 
 def idempotency_key(sink: str, case_id: str, kind: str, event_id: str | None) -> str:
     """The stable idempotency key of one delivery to one sink."""
-    return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{sink}|{case_id}|{kind}|{event_id or ''}"))
+    return fast_uuid5(DELIVERY_NAMESPACE, f"{sink}|{case_id}|{kind}|{event_id or ''}")
 
 
 def cell_of(lat: float | None, lon: float | None) -> str | None:
@@ -327,16 +327,21 @@ class SqlStore:
         return self._raw_from_row(rows[0]) if rows else None
 
     def _raw_from_row(self, r: dict[str, Any]) -> StoredRaw:
-        rec = RawRecord(source=r["source"], channel=r["channel"], source_ref=r["source_ref"],
-                        received_at=parse_ts(r["received_at"]), payload=_loads(r["payload"]),
-                        attachments=_loads(r["attachments"]), raw_blob=r["raw_blob"])
+        # rows were validated before they were written: rebuild without validating again
+        atts = [BlobRef.model_construct(**a) for a in _loads(r["attachments"])]
+        rec = RawRecord.model_construct(
+            source=r["source"], channel=Channel(r["channel"]), source_ref=r["source_ref"],
+            received_at=parse_ts(r["received_at"]), payload=_loads(r["payload"]),
+            attachments=atts, raw_blob=r["raw_blob"])
         return StoredRaw(id=int(r["id"]), record=rec, state=r["state"])
 
     @contextmanager
     def process_tx(self, now: datetime | None = None) -> Iterator[ProcessTx]:
         """A write transaction for the process stage (one batch of raw records)."""
         with self._write_tx() as cur:
-            yield ProcessTx(self, cur, now or now_utc())
+            tx = ProcessTx(self, cur, now or now_utc())
+            yield tx
+            tx.flush()
 
     # ------------------------------------------------------------------ deliver
     def claim_due(self, worker: str, limit: int, lease_s: float,
@@ -642,13 +647,48 @@ class ProcessTx:
     and the batch goes on.
     """
 
+    _EVENT_SQL = ("INSERT INTO case_events (case_id, event_id, at, kind, text, data) "
+                  "VALUES (?,?,?,?,?,?) ON CONFLICT (case_id, event_id) DO NOTHING")
+    _OUTBOX_SQL = ("INSERT INTO outbox (sink, case_id, kind, event_id, idempotency_key, state, "
+                   "next_attempt_at, created_at) VALUES (?,?,?,?,?,'pending',?,?) "
+                   "ON CONFLICT (idempotency_key) DO NOTHING")
+    _RAW_SQL = ("UPDATE raw_records SET state = ?, state_reason = ?, case_id = ?, "
+                "processed_at = ? WHERE id = ?")
+
     def __init__(self, store: SqlStore, cur: Any, now: datetime) -> None:
         self.store = store
         self.cur = cur
         self.now = now
+        self.now_s = ts(now)
         self.blobs = store.blobs
         self.timezone = store.timezone
-        self._sp = 0
+        # Write-behind buffers for rows nothing reads back inside the batch; flushed with
+        # executemany before a read that needs them and before the commit.
+        self._events: list[tuple[Any, ...]] = []
+        self._outbox: list[tuple[Any, ...]] = []
+        self._raw: list[tuple[Any, ...]] = []
+        self._counters: dict[str, int] = {}
+
+    def flush(self) -> None:
+        """Write buffered rows (called before reads that need them and before commit)."""
+        for sql, buf in ((self._EVENT_SQL, self._events), (self._OUTBOX_SQL, self._outbox),
+                         (self._RAW_SQL, self._raw)):
+            if buf:
+                self.cur.executemany(self.store._sql(sql), buf)
+                buf.clear()
+        for day, last in self._counters.items():
+            self._exec("UPDATE reference_counters SET last = ? WHERE day = ? AND last < ?",
+                       (last, day, last))
+
+    def _next_reference_seq(self, day: str) -> int:
+        if day not in self._counters:
+            # touching the row also locks it (PostgreSQL) until this transaction ends
+            self._exec("INSERT INTO reference_counters (day, last) VALUES (?, 0) ON CONFLICT "
+                       "(day) DO UPDATE SET last = reference_counters.last RETURNING last",
+                       (day,))
+            self._counters[day] = int(self.cur.fetchone()[0])
+        self._counters[day] += 1  # a rolled-back record leaves a gap, never a reuse
+        return self._counters[day]
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.store._exec(self.cur, sql, params)
@@ -656,22 +696,28 @@ class ProcessTx:
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """Run a block in a savepoint; roll back just the block on error."""
-        self._sp += 1
-        name = f"sp{self._sp}"
-        self._exec(f"SAVEPOINT {name}")
+        # one name for every level: SQLite and PostgreSQL resolve a reused name to the
+        # innermost savepoint, and the fixed SQL text keeps the prepared-statement cache warm
+        marks = (len(self._events), len(self._outbox), len(self._raw))
+        self._exec("SAVEPOINT rec")
         try:
             yield
         except BaseException:
-            self._exec(f"ROLLBACK TO SAVEPOINT {name}")
-            self._exec(f"RELEASE SAVEPOINT {name}")
+            self._exec("ROLLBACK TO SAVEPOINT rec")
+            self._exec("RELEASE SAVEPOINT rec")
+            del self._events[marks[0]:], self._outbox[marks[1]:], self._raw[marks[2]:]
             raise
         else:
-            self._exec(f"RELEASE SAVEPOINT {name}")
+            self._exec("RELEASE SAVEPOINT rec")
 
     # ---------------------------------------------------------------- MapContext
     def find_case_by_key(self, key_type: str, key: str) -> str | None:
-        """Return the case_id indexed under (key_type, key)."""
-        self._exec("SELECT case_id FROM case_keys WHERE key_type = ? AND key = ?", (key_type, key))
+        """Return the case_id indexed under (key_type, key) (``reference`` looks up cases)."""
+        if key_type == "reference":
+            self._exec("SELECT case_id FROM cases WHERE reference = ?", (key,))
+        else:
+            self._exec("SELECT case_id FROM case_keys WHERE key_type = ? AND key = ?",
+                       (key_type, key))
         row = self.cur.fetchone()
         return row[0] if row else None
 
@@ -752,64 +798,54 @@ class ProcessTx:
 
         Returns the case (with its reference) and whether it is new.
         """
-        now_s = ts(self.now)
-        self._exec("SELECT reference FROM cases WHERE case_id = ?", (case.case_id,))
-        row = self.cur.fetchone()
-        is_new = row is None
-        if is_new:
-            day = case.origin.received_at.astimezone(self.store.tz).strftime("%Y%m%d")
-            self._exec("INSERT INTO reference_counters (day, last) VALUES (?, 1) ON CONFLICT "
-                       "(day) DO UPDATE SET last = reference_counters.last + 1 RETURNING last",
-                       (day,))
-            seq = int(self.cur.fetchone()[0])
-            case.reference = f"FB-{day}-{seq:06d}"
-        else:
-            case.reference = row[0]
+        now_s = self.now_s
         if raw_id is not None:
             case.origin.raw_record_id = raw_id
-        body = case.model_dump_json()
         loc = case.location
-        params = (
+        day = case.origin.received_at.astimezone(self.store.tz).strftime("%Y%m%d")
+        seq = self._next_reference_seq(day)
+        case.reference = f"FB-{day}-{seq:06d}"
+        cols = (
             case.origin.source, case.origin.source_ref,
             case.origin.channel.value, case.kind.value, case.classification.category_code,
             case.classification.department, case.urgency.level.value,
-            ts(case.origin.received_at), now_s, now_s, loc.lat, loc.lon,
+            ts(case.origin.received_at), loc.lat, loc.lon,
             cell_of(loc.lat, loc.lon), loc.district, loc.street, loc.community, loc.address,
-            reporter_key(case), fingerprint, int(case.review.needs_review), raw_id, body,
+            reporter_key(case), fingerprint, int(case.review.needs_review), raw_id,
         )
-        if is_new:
-            self._exec("INSERT INTO cases (source, source_ref, channel, kind, category_code, "
-                       "department, urgency, received_at, created_at, updated_at, lat, lon, cell,"
-                       " district, street, community, address, reporter_key, fingerprint, "
-                       "needs_review, raw_record_id, body, case_id, reference) VALUES "
-                       "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                       (*params, case.case_id, case.reference))
-        else:
+        # Optimistic insert: a new case (the common path) costs one statement.
+        self._exec("INSERT INTO cases (source, source_ref, channel, kind, category_code, "
+                   "department, urgency, received_at, lat, lon, cell, district, street, "
+                   "community, address, reporter_key, fingerprint, needs_review, raw_record_id, "
+                   "body, created_at, updated_at, case_id, reference) VALUES "
+                   "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                   "ON CONFLICT (case_id) DO NOTHING",
+                   (*cols, case.model_dump_json(), now_s, now_s, case.case_id, case.reference))
+        is_new = self.cur.rowcount == 1
+        if not is_new:
+            # reprocessing: give the number back (nothing was allocated after it) and keep
+            # the reference the case already has
+            self._counters[day] -= 1
+            self._exec("SELECT reference FROM cases WHERE case_id = ?", (case.case_id,))
+            case.reference = self.cur.fetchone()[0]
             self._exec("UPDATE cases SET source = ?, source_ref = ?, channel = ?, kind = ?, "
                        "category_code = ?, department = ?, urgency = ?, received_at = ?, "
-                       "created_at = created_at, updated_at = ?, lat = ?, lon = ?, cell = ?, "
-                       "district = ?, street = ?, community = ?, address = ?, reporter_key = ?,"
-                       " fingerprint = ?, needs_review = ?, raw_record_id = ?, body = ? "
-                       "WHERE case_id = ?",
-                       (*params[:8], *params[9:], case.case_id))
-        if is_new:
-            self._exec("INSERT INTO case_keys (key_type, key, case_id) VALUES (?,?,?) "
-                       "ON CONFLICT (key_type, key) DO NOTHING",
-                       ("reference", case.reference, case.case_id))
+                       "lat = ?, lon = ?, cell = ?, district = ?, street = ?, community = ?, "
+                       "address = ?, reporter_key = ?, fingerprint = ?, needs_review = ?, "
+                       "raw_record_id = ?, body = ?, updated_at = ? WHERE case_id = ?",
+                       (*cols, case.model_dump_json(), now_s, case.case_id))
         for key_type, key in index_keys:
             self._exec("INSERT INTO case_keys (key_type, key, case_id) VALUES (?,?,?) "
                        "ON CONFLICT (key_type, key) DO NOTHING", (key_type, key, case.case_id))
         if is_new:
-            self.store._insert_event(
-                self.cur, case.case_id, "received", ts(case.origin.received_at), "received",
-                f"received via {case.origin.channel.value} ({case.origin.source})",
-                {"raw_record_id": raw_id, "source_ref": case.origin.source_ref})
-            self.store._insert_event(
-                self.cur, case.case_id, "created", now_s, "created",
-                f"case {case.reference} created"
-                + (f", routed to {', '.join(sinks)}" if sinks else ", no sink matched"),
-                {"sinks": list(sinks), "category": case.classification.category_code,
-                 "urgency": case.urgency.level.value})
+            text = (f"received via {case.origin.channel.value} ({case.origin.source}); case "
+                    f"{case.reference} created"
+                    + (f", routed to {', '.join(sinks)}" if sinks else ", no sink matched"))
+            data = {"sinks": list(sinks), "category": case.classification.category_code,
+                    "urgency": case.urgency.level.value, "raw_record_id": raw_id,
+                    "source_ref": case.origin.source_ref,
+                    "received_at": case.origin.received_at.isoformat()}
+            self._events.append((case.case_id, "created", now_s, "created", text, _dumps(data)))
         for sink in sinks:
             self._queue(sink, case.case_id, "case", None)
         return case, is_new
@@ -835,23 +871,20 @@ class ProcessTx:
 
     def case_sinks(self, case_id: str) -> list[str]:
         """The sinks a case was routed to."""
+        self.flush()
         self._exec("SELECT DISTINCT sink FROM outbox WHERE case_id = ? AND kind = 'case' "
                    "ORDER BY sink", (case_id,))
         return [r[0] for r in self.cur.fetchall()]
 
     def _queue(self, sink: str, case_id: str, kind: str, event_id: str | None) -> None:
-        now_s = ts(self.now)
-        self._exec("INSERT INTO outbox (sink, case_id, kind, event_id, idempotency_key, state, "
-                   "next_attempt_at, created_at) VALUES (?,?,?,?,?,'pending',?,?) "
-                   "ON CONFLICT (idempotency_key) DO NOTHING",
-                   (sink, case_id, kind, event_id, idempotency_key(sink, case_id, kind, event_id),
-                    now_s, now_s))
+        self._outbox.append((sink, case_id, kind, event_id,
+                             idempotency_key(sink, case_id, kind, event_id), self.now_s,
+                             self.now_s))
 
     def mark_raw(self, raw_id: int, state: str, reason: str | None = None,
                  case_id: str | None = None) -> None:
         """Set a raw record's processing state."""
-        self._exec("UPDATE raw_records SET state = ?, state_reason = ?, case_id = ?, "
-                   "processed_at = ? WHERE id = ?", (state, reason, case_id, ts(self.now), raw_id))
+        self._raw.append((state, reason, case_id, self.now_s, raw_id))
 
     def dead_letter(self, stage: str, source: str | None, reason: str, *,
                     source_ref: str | None = None, blob_sha256: str | None = None,

@@ -29,6 +29,8 @@ class SqliteStore(SqlStore):
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL
         self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: index-heavy inserts
+        self.conn.execute("PRAGMA temp_store=MEMORY")
         self.conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
 
     @contextmanager

@@ -66,3 +66,16 @@ def test_failing_connector_gives_exit_code_3_and_others_still_run(tmp_path: Path
     status = json.loads(cli(cfg, "status", "--json").stdout)
     gone = next(c for c in status["connectors"] if c["name"] == "gone")
     assert gone["last_success_at"] is None and "inbox folder not found" in gone["last_error"]
+
+
+def test_case_ids_are_standard_uuid5_and_stable() -> None:
+    import uuid
+
+    from normalizer.case import CASE_NAMESPACE, case_id_for
+
+    for source, ref in [("city-app", "id:APP-1"), ("mailbox", "<a@b>#sha"), ("iot", "路灯:7")]:
+        expected = str(uuid.uuid5(CASE_NAMESPACE, f"{source}\x1f{ref}"))
+        assert case_id_for(source, ref) == expected
+    # pinned: changing the namespace would silently duplicate every case on reprocessing
+    assert case_id_for("city-app", "id:APP-20261124-0001") == \
+        "746b1816-c216-52c4-8344-26a64e008bdd"
