@@ -79,3 +79,19 @@ def test_case_ids_are_standard_uuid5_and_stable() -> None:
     # pinned: changing the namespace would silently duplicate every case on reprocessing
     assert case_id_for("city-app", "id:APP-20261124-0001") == \
         "746b1816-c216-52c4-8344-26a64e008bdd"
+
+
+def test_case_schema_doc_is_current() -> None:
+    from normalizer.schema_doc import DOC, example_case, render
+
+    assert DOC.read_text(encoding="utf-8") == render(example_case()), \
+        "docs/case-schema.md is stale: run `python -m normalizer.schema_doc`"
+
+
+def test_every_schema_field_has_a_meaning() -> None:
+    from normalizer.schema_doc import FIELD_DOCS, GROUPS
+
+    missing = [f"{model.__name__}.{name}" for _, model, _ in GROUPS
+               for name, field in model.model_fields.items()
+               if not (field.description or FIELD_DOCS.get(f"{model.__name__}.{name}"))]
+    assert missing == []
