@@ -36,7 +36,7 @@ class JsonFileConfig(ComponentConfig):
     done_dir: str | None = Field(default=None, description="Default: <path>/done")
     quarantine_dir: str | None = Field(default=None, description="Default: <path>/quarantine")
     id_field: str = Field(default="id", description="Upstream record id (the source_ref).")
-    channel: Channel = Channel.forward
+    channel: Channel = Field(default=Channel.forward, description="Channel of these records.")
     max_file_size: ByteSize = Field(default=50_000_000, description="Larger files: quarantine.")
     max_record_size: ByteSize = Field(default=1_000_000, description="Larger records: dead letter.")
 

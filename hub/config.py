@@ -38,54 +38,65 @@ class ConfigError(Exception):
 class DeliveryPolicy(StrictModel):
     """Retry policy of the delivery loop."""
 
-    max_attempts: int = Field(default=10, ge=1)
-    max_age: Duration = Field(default=3 * 86400, description="Dead-letter after this long.")
-    backoff_initial: Duration = 5.0
-    backoff_max: Duration = 3600.0
-    backoff_multiplier: float = Field(default=2.0, ge=1.0)
-    jitter: float = Field(default=0.2, ge=0, le=1)
+    max_attempts: int = Field(default=10, ge=1, description="Dead-letter after this many tries.")
+    max_age: Duration = Field(default=3 * 86400, description="Dead-letter a delivery still "
+                              "failing this long after it was queued (seconds or 3d).")
+    backoff_initial: Duration = Field(default=5.0, description="Wait before the 2nd attempt.")
+    backoff_max: Duration = Field(default=3600.0, description="Longest wait between attempts.")
+    backoff_multiplier: float = Field(default=2.0, ge=1.0,
+                                      description="Each wait is this many times the last.")
+    jitter: float = Field(default=0.2, ge=0, le=1,
+                          description="Random spread of each wait (0.2 = ±20%).")
     lease: Duration = Field(default=300.0, description="How long a claimed row stays claimed.")
-    batch_size: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=100, ge=1, description="Rows claimed at a time.")
 
 
 class RoutingRule(StrictModel):
     """Send matching cases to ``sinks``. Empty conditions match everything."""
 
-    sinks: list[str] = Field(min_length=1)
+    sinks: list[str] = Field(min_length=1, description="Sink names to send matching cases to.")
     categories: list[str] = Field(default_factory=list, description="Category codes (prefixes).")
-    departments: list[str] = Field(default_factory=list)
-    channels: list[str] = Field(default_factory=list)
-    urgencies: list[str] = Field(default_factory=list)
-    kinds: list[str] = Field(default_factory=list)
-    sources: list[str] = Field(default_factory=list)
+    departments: list[str] = Field(default_factory=list,
+                                   description="Lead or co-operating department names.")
+    channels: list[str] = Field(default_factory=list,
+                                description="email, hotline, iot, scan, forward.")
+    urgencies: list[str] = Field(default_factory=list,
+                                 description="normal, urgent, emergency.")
+    kinds: list[str] = Field(default_factory=list,
+                             description="complaint, report, help, inquiry, suggestion, praise, "
+                                         "device_fault.")
+    sources: list[str] = Field(default_factory=list, description="Connector names.")
     stop: bool = Field(default=False, description="Do not evaluate later rules when this matches.")
 
 
 class ServerConfig(StrictModel):
     """``feedback-hub serve``: forward intake, Open311 facade, metrics, health."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8311, ge=1, le=65535)
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8311, ge=1, le=65535, description="Port to listen on.")
     source: str = Field(default="upstream-api", description="Source name of records posted here.")
     api_keys: list[SecretStr] = Field(default_factory=list, description="Open311 api_key values.")
     hmac_secrets: dict[str, SecretStr] = Field(
         default_factory=dict, description="Key id → shared secret for POST /v1/records."
     )
-    max_body: int = Field(default=1_048_576, ge=1024)
-    replay_window: Duration = 300.0
+    max_body: int = Field(default=1_048_576, ge=1024, description="Largest request body (bytes).")
+    replay_window: Duration = Field(default=300.0, description="Accepted clock skew / age of a "
+                                    "signed request's timestamp.")
 
 
 class ProcessPolicy(StrictModel):
     """How the process stage batches its work."""
 
-    batch_size: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=500, ge=1, description="Raw records per transaction.")
 
 
 class LoggingConfig(StrictModel):
     """Logging output."""
 
-    level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
-    format: str = Field(default="text", pattern=r"^(text|json)$")
+    level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$",
+                       description="DEBUG, INFO, WARNING or ERROR.")
+    format: str = Field(default="text", pattern=r"^(text|json)$",
+                        description="text (key=value) or json (one object per line).")
 
 
 class HubConfig(StrictModel):
@@ -95,18 +106,22 @@ class HubConfig(StrictModel):
         default="sqlite:///data/feedback-hub.db",
         description="sqlite:///path/to/file.db or postgresql://user@host/db",
     )
-    blobs: str = Field(default="data/blobs", description="Blob folder.")
-    timezone: str = "Asia/Shanghai"
+    blobs: str = Field(default="data/blobs", description="Blob folder (raw mail, attachments, "
+                       "bad input), named by sha256.")
+    timezone: str = Field(default="Asia/Shanghai", description="Local zone: references, "
+                          "working-day deadlines, naive upstream times.")
     connectors: list[ComponentConfig] = Field(default_factory=list)
     sinks: list[ComponentConfig] = Field(default_factory=list)
     routing: list[RoutingRule] = Field(default_factory=list)
-    delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
-    process: ProcessPolicy = Field(default_factory=ProcessPolicy)
+    delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy,
+                                     description="Retry policy (below).")
+    process: ProcessPolicy = Field(default_factory=ProcessPolicy, description="Batching (below).")
     enrichment: dict[str, Any] = Field(
         default_factory=dict, description="See docs/enrichment.md (validated by normalizer)."
     )
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig,
+                                 description="HTTP server (below).")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs (below).")
 
     #: Folder the config file is in; relative paths in the config are taken from here.
     base_dir: str = Field(default=".", exclude=True)

@@ -64,6 +64,7 @@ class StrictModel(BaseModel):
 class ComponentConfig(StrictModel):
     """Common fields of every connector and sink entry."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Unique name.")
-    type: str
-    enabled: bool = True
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                      description="Unique name (letters, digits, . _ -); the record's source.")
+    type: str = Field(description="Which implementation (see the sections below).")
+    enabled: bool = Field(default=True, description="false keeps the entry but skips it.")

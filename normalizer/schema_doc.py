@@ -119,6 +119,8 @@ def _type_name(tp: Any) -> str:
         return f"list[{_type_name(args[0])}]"
     if origin is dict:
         return "object"
+    if str(origin) == "typing.Literal":
+        return "`" + "`, `".join(str(a) for a in args) + "`"
     if getattr(tp, "__metadata__", None) is not None:
         return _type_name(typing.get_args(tp)[0])
     name = getattr(tp, "__name__", str(tp))

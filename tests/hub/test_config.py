@@ -86,3 +86,10 @@ def test_config_check_cli_exit_codes_and_no_secret_in_output(tmp_path: Path, cli
     assert "server.port:" in bad.stderr and secret not in bad.stdout + bad.stderr
     missing = cli(tmp_path / "nope.yaml", "status")
     assert missing.returncode == 2 and "config file not found" in missing.stderr
+
+
+def test_configuration_reference_is_current() -> None:
+    from hub.config_doc import DOC, render
+
+    assert DOC.read_text(encoding="utf-8") == render(), \
+        "docs/configuration.md is stale: run `python -m hub.config_doc`"
