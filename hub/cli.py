@@ -299,13 +299,16 @@ def cases_list(c: Ctx, limit: int, kind: str | None, status_: str | None, channe
         return
     t = Table(title=f"Cases ({len(rows)})", title_justify="left")
     for col in ("reference", "received", "channel", "kind", "category", "department", "urgency",
-                "status", "title"):
+                "resolve by", "status", "title"):
         t.add_column(col, overflow="fold")
+    tz = c.config.timezone
     for r in rows:
         b = r["body"]
-        t.add_row(r["reference"], r["received_at"][:16].replace("T", " "), r["channel"],
+        resolve_by = (b.get("deadlines") or {}).get("resolve_by")
+        t.add_row(r["reference"], _when(r["received_at"], tz)[:16], r["channel"],
                   r["kind"], b["classification"].get("category_label") or
                   (r["category_code"] or "-"), r["department"] or "-", r["urgency"],
+                  resolve_by[:16].replace("T", " ") if resolve_by else "-",
                   r["status"] + (" ⚑" if r["needs_review"] else ""), redact(b["title"])[:60])
     out.print(t)
 
