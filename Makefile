@@ -32,7 +32,7 @@ bench-sysdeps:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing Python dependencies into $(VENV)"
-	@$(PY) -m pip install -q -e ".[postgres,dev]"
+	@set -o pipefail; $(PY) -m pip install -q -e ".[postgres,dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP)

@@ -392,11 +392,17 @@ def deliver_one(hub: Hub, d: ClaimedDelivery, stats: DeliverStats,
         stats.dead_reasons.append(reason)
         return
     attempt_at = now_fn()
+    previous = d.last_error
+    if d.attempts > int((previous or {}).get("attempt") or 0):
+        # an attempt was started but its outcome never recorded (a crash or a lost lease
+        # between the sink call and the receipt): the remote may have it already
+        previous = {**(previous or {}), "ambiguous_seen": True,
+                    "unrecorded_attempt": d.attempts}
     store.start_attempt(d.id, hub.worker_id, attempt_at)
     delivery = Delivery(outbox_id=d.id, kind=d.kind, idempotency_key=d.idempotency_key,
                         case=case_json, update=update_json, attempt=d.attempts + 1,
-                        first_attempt_at=d.first_attempt_at, previous_error=d.last_error,
-                        remote_id=d.remote_id)
+                        first_attempt_at=d.first_attempt_at,
+                        previous_error=previous, remote_id=d.remote_id)
     started = time.monotonic()
     try:
         receipt = hub.sink(d.sink).deliver(delivery)
@@ -404,13 +410,15 @@ def deliver_one(hub: Hub, d: ClaimedDelivery, stats: DeliverStats,
         err = exc.as_dict()
         err["attempt"] = d.attempts + 1
         err["at"] = attempt_at.isoformat()
-        if exc.ambiguous or (d.last_error or {}).get("ambiguous_seen"):
+        if exc.ambiguous or (previous or {}).get("ambiguous_seen"):
             err["ambiguous_seen"] = True  # sinks reconcile before re-posting after this
         _failed(hub, d, err, exc.retryable, exc.retry_after, stats, now_fn)
         return
     except Exception as exc:
+        # we cannot tell how far the sink got: treat it as possibly received
         err = {"reason": f"unexpected {type(exc).__name__}: {exc}", "retryable": True,
-               "attempt": d.attempts + 1, "at": attempt_at.isoformat()}
+               "attempt": d.attempts + 1, "at": attempt_at.isoformat(),
+               "ambiguous_seen": True}
         logger.error("sink raised", extra={"sink": d.sink, "outbox_id": d.id}, exc_info=True)
         _failed(hub, d, err, True, None, stats, now_fn)
         return

@@ -279,6 +279,18 @@ class CaseUpdate(_Model):
     deliver: bool = Field(default=True, description="Send to the sinks as an update.")
 
 
+def reporter_key(case: Case) -> str | None:
+    """A privacy-preserving key for 'same reporter' lookups (hash of the phone or e-mail).
+
+    The store indexes it and repeat linking queries by it, so both must use this function.
+    """
+    r = case.reporter
+    ident = "".join(ch for ch in (r.phone or "") if ch.isdigit())[-11:] or (r.email or "").lower()
+    if not ident or r.anonymous:
+        return None
+    return hashlib.sha256(f"reporter|{ident}".encode()).hexdigest()[:32]
+
+
 def case_json_schema() -> dict[str, Any]:
     """Return the published JSON Schema of :class:`Case`."""
     schema = Case.model_json_schema()

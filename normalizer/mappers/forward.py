@@ -146,8 +146,8 @@ class ForwardMapper:
                 f"{title} {description}"),
             reporter=reporter,
             location=location,
-            extra={k: rec[k] for k in ("category", "platform", "attachments", "channel")
-                   if k in rec},
+            extra={**{k: rec[k] for k in ("category", "platform", "attachments", "channel")
+                      if k in rec}, **({"kind_explicit": True} if kind_raw is not None else {})},
         )
         # no extra index key: the case id is already deterministic from (source, upstream id)
         return MapResult(case=case)

@@ -28,7 +28,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from connectors.base import BlobRef, RawRecord, Reject
-from normalizer.case import Case, CaseUpdate, Channel, fast_uuid5
+from normalizer.case import Case, CaseUpdate, Channel, fast_uuid5, reporter_key
 from outbox.blobs import BlobStore
 from outbox.store.migrations import MIGRATIONS
 from outbox.store.timefmt import now_utc, parse_ts, ts
@@ -63,15 +63,6 @@ def neighbour_cells(lat: float, lon: float, radius_m: float) -> list[str]:
     base_lon = math.floor(lon / CELL_DEG)
     return [f"{base_lat + i}:{base_lon + j}"
             for i in range(-r_lat, r_lat + 1) for j in range(-r_lon, r_lon + 1)]
-
-
-def reporter_key(case: Case) -> str | None:
-    """A privacy-preserving key for 'same reporter' lookups (hash of phone or e-mail)."""
-    r = case.reporter
-    ident = (r.phone or "").replace(" ", "").replace("-", "")[-11:] or (r.email or "").lower()
-    if not ident or r.anonymous:
-        return None
-    return hashlib.sha256(f"reporter|{ident}".encode()).hexdigest()[:32]
 
 
 def _dumps(value: Any) -> str:
@@ -758,7 +749,7 @@ class ProcessTx:
                      limit: int = 50) -> list[dict[str, Any]]:
         """Earlier cases near this one, found through indexes only."""
         cols = ("case_id, reference, category_code, received_at, lat, lon, community, address, "
-                "reporter_key, fingerprint, body")
+                "reporter_key, fingerprint")
         since_s = ts(since)
         cat_sql = "category_code IS NULL" if category_code is None else "category_code = ?"
         cat_p: list[Any] = [] if category_code is None else [category_code]
@@ -770,11 +761,11 @@ class ProcessTx:
                             f"({','.join('?' * len(cells))}) AND received_at >= ? "
                             f"ORDER BY received_at DESC LIMIT ?",
                             [*cat_p, *cells, since_s, limit]))
-        if community:
+        elif community:
             queries.append((f"SELECT {cols} FROM cases WHERE {cat_sql} AND community = ? "
                             f"AND received_at >= ? ORDER BY received_at DESC LIMIT ?",
                             [*cat_p, community, since_s, limit]))
-        if address:
+        elif address:
             queries.append((f"SELECT {cols} FROM cases WHERE {cat_sql} AND address = ? "
                             f"AND received_at >= ? ORDER BY received_at DESC LIMIT ?",
                             [*cat_p, address, since_s, limit]))
@@ -783,11 +774,10 @@ class ProcessTx:
                             f" ORDER BY received_at DESC LIMIT ?", [reporter_key, since_s, limit]))
         for sql, params in queries:
             self._exec(sql, params)
-            for r in self.store._rows(self.cur):
-                body = _loads(r.pop("body"))
-                r["title"] = body.get("title", "")
-                r["description"] = body.get("description", "")
-                found.setdefault(r["case_id"], r)
+            names = [d[0] for d in self.cur.description]
+            for row in self.cur.fetchall():
+                if row[0] not in found:
+                    found[row[0]] = dict(zip(names, row, strict=True))
         return list(found.values())[: limit * 2]
 
     # ---------------------------------------------------------------- writes

@@ -19,7 +19,7 @@ def test_log_lines_mask_pii_and_redact_secrets() -> None:
     register_secrets(["pa55word-XYZ"])
     try:
         log.warning("login failed for %s with pa55word-XYZ", "13812345678",
-                    extra={"reporter": "身份证 110105194912310029", "mail": "wang@example.com"})
+                    extra={"reporter": "身份证 11010519491231002X", "mail": "wang@example.com"})
         try:
             raise ValueError("token pa55word-XYZ rejected")
         except ValueError:
@@ -28,5 +28,5 @@ def test_log_lines_mask_pii_and_redact_secrets() -> None:
         log.removeHandler(handler)
     text = stream.getvalue()
     assert "pa55word-XYZ" not in text and "13812345678" not in text
-    assert "110105194912310029" not in text and "wang@example.com" not in text
+    assert "11010519491231002X" not in text and "wang@example.com" not in text
     assert "138****5678" in text and "***" in text
