@@ -15,7 +15,6 @@ Guarantees this module provides:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
