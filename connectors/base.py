@@ -71,7 +71,6 @@ class SourceBatch:
         rejects: bad input for the dead letters.
         checkpoint: the connector's state after this batch (None keeps the previous one).
         ack_token: anything the connector needs in :meth:`Connector.ack`.
-        ignored: records recognised and deliberately skipped (auto-replies...), with reasons.
     """
 
     records: list[RawRecord] = field(default_factory=list)

@@ -519,6 +519,17 @@ def schema(indent: int) -> None:
     click.echo(json.dumps(case_json_schema(), ensure_ascii=False, indent=indent))
 
 
+def _register_commands() -> None:
+    from hub.report import report_command
+    from hub.server.cli import serve_command
+
+    cli.add_command(report_command)
+    cli.add_command(serve_command)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -17,6 +17,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -293,6 +294,8 @@ def _apply(hub: Hub, tx: Any, result: MapResult, raw_id: int | None, stats: Proc
     for upd in result.updates:
         _save_update(tx, upd, stats)
         case_id = case_id or upd.case_id
+    if result.case is None and result.index_keys and case_id:
+        tx.add_keys(case_id, result.index_keys)  # e.g. a reply's Message-ID → its case
     return case_id
 
 
@@ -356,32 +359,69 @@ def backoff_delay(attempts: int, policy: Any, retry_after: float | None = None,
 def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None = None,
             progress: Progress | None = None, now_fn: Callable[[], datetime] = now_utc
             ) -> DeliverStats:
-    """Deliver every due outbox row once (rows scheduled later are left for later)."""
+    """Deliver every due outbox row once (rows scheduled later are left for later).
+
+    Sinks without ``concurrency`` (or with 1) get one call at a time, each outcome recorded
+    before the next call. For sinks with ``concurrency > 1`` (and ``batch_size > 1`` through
+    ``deliver_batch``) every attempt of a claimed batch is recorded first, the calls run on
+    that many threads, and each outcome is recorded as it completes; a crash in between leaves
+    attempts without outcome, which the next run treats as ambiguous (webhooks resend with the
+    same key, Open311 reconciles). Only the calling thread touches the store.
+    """
     stats = DeliverStats()
     policy = hub.config.delivery
     configured = set(hub.sink_names())
     target = [s for s in (sinks or configured) if s in configured]
     hub.store.expire_claims_of_dead_workers(socket.gethostname())
     done = 0
-    while limit is None or done < limit:
-        size = policy.batch_size if limit is None else min(policy.batch_size, limit - done)
-        claimed = hub.store.claim_due(hub.worker_id, size, policy.lease, now_fn(), target)
-        if not claimed:
-            break
-        for d in claimed:
-            done += 1
-            deliver_one(hub, d, stats, now_fn)
+    pools: dict[str, ThreadPoolExecutor] = {}
+    try:
+        while limit is None or done < limit:
+            size = policy.batch_size if limit is None else min(policy.batch_size, limit - done)
+            claimed = hub.store.claim_due(hub.worker_id, size, policy.lease, now_fn(), target)
+            if not claimed:
+                break
+            # start no call after 80% of the lease (minus the longest call we allow for)
+            deadline = time.monotonic() + policy.lease * 0.8
+            by_sink: dict[str, list[ClaimedDelivery]] = {}
+            for d in claimed:
+                by_sink.setdefault(d.sink, []).append(d)
+            for name, rows in by_sink.items():
+                sink = hub.sink(name)
+                workers = max(1, int(getattr(sink, "concurrency", 1) or 1))
+                if workers > 1 and name not in pools:
+                    pools[name] = ThreadPoolExecutor(max_workers=workers,
+                                                     thread_name_prefix=f"deliver-{name}")
+                slowest = float(getattr(getattr(sink, "config", None), "timeout", 0) or 0)
+                _deliver_rows(hub, sink, rows, stats, now_fn, pools.get(name), workers,
+                              deadline - 2 * slowest)
+            done += len(claimed)
             if progress:
                 progress("deliver", done, None)
+    finally:
+        for pool in pools.values():
+            pool.shutdown(wait=True)
     if stats.delivered or stats.retried or stats.dead:
         logger.info("delivered", extra={"delivered": stats.delivered, "retried": stats.retried,
                                         "dead": stats.dead})
     return stats
 
 
-def deliver_one(hub: Hub, d: ClaimedDelivery, stats: DeliverStats,
-                now_fn: Callable[[], datetime] = now_utc) -> None:
-    """Attempt one claimed delivery and record the outcome."""
+@dataclass
+class _Attempt:
+    """One prepared attempt: the claimed row, what the sink gets, and the outcome."""
+
+    row: ClaimedDelivery
+    delivery: Delivery
+    at: datetime
+    previous: dict[str, Any] | None
+    outcome: Any = None
+    seconds: float = 0.0
+
+
+def _prepare(hub: Hub, d: ClaimedDelivery, stats: DeliverStats,
+             now_fn: Callable[[], datetime]) -> _Attempt | None:
+    """Load the payload and record the attempt (None when the case is gone: dead letter)."""
     store = hub.store
     try:
         case_json, update_json = store.delivery_payload(d)
@@ -390,7 +430,7 @@ def deliver_one(hub: Hub, d: ClaimedDelivery, stats: DeliverStats,
         store.fail_delivery(d, {"reason": reason, "retryable": False}, reason)
         stats.dead += 1
         stats.dead_reasons.append(reason)
-        return
+        return None
     attempt_at = now_fn()
     previous = d.last_error
     if d.attempts > int((previous or {}).get("attempt") or 0):
@@ -403,32 +443,98 @@ def deliver_one(hub: Hub, d: ClaimedDelivery, stats: DeliverStats,
                         case=case_json, update=update_json, attempt=d.attempts + 1,
                         first_attempt_at=d.first_attempt_at,
                         previous_error=previous, remote_id=d.remote_id)
+    return _Attempt(d, delivery, attempt_at, previous)
+
+
+def _call(sink: Sink, attempts: list[_Attempt]) -> None:
+    """Run the sink for some attempts and keep each outcome (never raises)."""
     started = time.monotonic()
     try:
-        receipt = hub.sink(d.sink).deliver(delivery)
-    except DeliveryError as exc:
-        err = exc.as_dict()
+        if len(attempts) == 1:
+            outcomes: list[Any] = [sink.deliver(attempts[0].delivery)]
+        else:
+            outcomes = list(sink.deliver_batch(  # type: ignore[attr-defined]
+                [a.delivery for a in attempts]))
+    except Exception as exc:  # DeliveryError or a bug: the same outcome for every row
+        outcomes = [exc] * len(attempts)
+    elapsed = time.monotonic() - started
+    for a, outcome in zip(attempts, outcomes, strict=True):
+        a.outcome, a.seconds = outcome, elapsed
+
+
+def _deliver_rows(hub: Hub, sink: Sink, rows: list[ClaimedDelivery], stats: DeliverStats,
+                  now_fn: Callable[[], datetime], pool: ThreadPoolExecutor | None,
+                  workers: int = 1, deadline: float = float("inf")) -> None:
+    """Deliver claimed rows of one sink; rows not started before ``deadline`` are released.
+
+    The deadline keeps every call inside the claim's lease: a row whose lease ran out could be
+    claimed by another worker while it still waits here.
+    """
+    per_call = max(1, int(getattr(sink, "batch_size", 1) or 1))
+    if not hasattr(sink, "deliver_batch"):
+        per_call = 1
+    chunk = 1 if pool is None and per_call == 1 else per_call * workers * 4
+    for i in range(0, len(rows), chunk):
+        if i and time.monotonic() > deadline:  # the first chunk always goes
+            for d in rows[i:]:
+                hub.store.release(d)
+            logger.warning("lease nearly over, rows released", extra={
+                "sink": getattr(sink, "name", "?"), "released": len(rows) - i})
+            return
+        part = rows[i:i + chunk]
+        if chunk == 1:  # one at a time: record each outcome before the next call
+            deliver_one(hub, part[0], stats, now_fn)
+            continue
+        prepared = [a for a in (_prepare(hub, d, stats, now_fn) for d in part) if a is not None]
+        calls = [prepared[j:j + per_call] for j in range(0, len(prepared), per_call)]
+        if pool is None:
+            for c in calls:
+                _call(sink, c)
+                for a in c:
+                    _record(hub, a, stats, now_fn)
+            continue
+        futures = {pool.submit(_call, sink, c): c for c in calls}
+        for fut in as_completed(futures):  # record while the other calls are in flight
+            for a in futures[fut]:
+                _record(hub, a, stats, now_fn)
+
+
+def _record(hub: Hub, a: _Attempt, stats: DeliverStats, now_fn: Callable[[], datetime]) -> None:
+    """Record one outcome: receipt, retry or dead letter."""
+    d, outcome = a.row, a.outcome
+    if isinstance(outcome, DeliveryError):
+        err = outcome.as_dict()
         err["attempt"] = d.attempts + 1
-        err["at"] = attempt_at.isoformat()
-        if exc.ambiguous or (previous or {}).get("ambiguous_seen"):
+        err["at"] = a.at.isoformat()
+        if outcome.ambiguous or (a.previous or {}).get("ambiguous_seen"):
             err["ambiguous_seen"] = True  # sinks reconcile before re-posting after this
-        _failed(hub, d, err, exc.retryable, exc.retry_after, stats, now_fn)
+        _failed(hub, d, err, outcome.retryable, outcome.retry_after, stats, now_fn)
         return
-    except Exception as exc:
+    if isinstance(outcome, BaseException) or outcome is None:
         # we cannot tell how far the sink got: treat it as possibly received
-        err = {"reason": f"unexpected {type(exc).__name__}: {exc}", "retryable": True,
-               "attempt": d.attempts + 1, "at": attempt_at.isoformat(),
-               "ambiguous_seen": True}
-        logger.error("sink raised", extra={"sink": d.sink, "outbox_id": d.id}, exc_info=True)
+        err = {"reason": f"unexpected {type(outcome).__name__}: {outcome}", "retryable": True,
+               "attempt": d.attempts + 1, "at": a.at.isoformat(), "ambiguous_seen": True}
+        logger.error("sink raised", extra={"sink": d.sink, "outbox_id": d.id,
+                                           "error": err["reason"]})
         _failed(hub, d, err, True, None, stats, now_fn)
         return
     faults.point("after_sink_call")
-    detail = dict(receipt.detail)
-    detail["seconds"] = round(time.monotonic() - started, 6)
-    store.complete_delivery(d, remote_id=receipt.remote_id, status_code=receipt.status_code,
-                            detail=detail)
+    detail = dict(outcome.detail)
+    detail["seconds"] = round(a.seconds, 6)
+    hub.store.complete_delivery(d, remote_id=outcome.remote_id, status_code=outcome.status_code,
+                                detail=detail)
     stats.delivered += 1
     stats.by_sink[d.sink] += 1
+
+
+def deliver_one(hub: Hub, d: ClaimedDelivery, stats: DeliverStats,
+                now_fn: Callable[[], datetime] = now_utc) -> None:
+    """Attempt one claimed delivery and record the outcome."""
+    a = _prepare(hub, d, stats, now_fn)
+    if a is None:
+        return
+    _call(hub.sink(d.sink), [a])
+    _record(hub, a, stats, now_fn)
 
 
 def _failed(hub: Hub, d: ClaimedDelivery, err: dict[str, Any], retryable: bool,

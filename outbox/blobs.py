@@ -75,7 +75,7 @@ class BlobStore:
             if final.is_file():
                 os.unlink(tmp_name)
             else:
-                final.parent.mkdir(parents=True, exist_ok=True)
+                _make_dirs(final.parent)
                 os.replace(tmp_name, final)
                 _fsync_dir(final.parent)
         except BaseException:
@@ -102,7 +102,7 @@ class BlobStore:
                     out.write(data)
                     out.flush()
                     os.fsync(out.fileno())
-                final.parent.mkdir(parents=True, exist_ok=True)
+                _make_dirs(final.parent)
                 os.replace(tmp_name, final)
                 _fsync_dir(final.parent)
             except BaseException:
@@ -130,6 +130,18 @@ class BlobStore:
         with self.open(sha256) as fh:
             while chunk := fh.read(CHUNK):
                 yield chunk
+
+
+def _make_dirs(path: Path) -> None:
+    """Create a blob's bucket folders, fsyncing each new entry's parent (power-loss safe)."""
+    missing = []
+    p = path
+    while not p.is_dir():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        _fsync_dir(d.parent)
 
 
 def _fsync_dir(path: Path) -> None:

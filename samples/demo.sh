@@ -11,6 +11,11 @@ mkdir -p .demo/inbox/forward .demo/out
 # upstream platform exports (jsonfile connector): dropped into the inbox as a platform would
 cp samples/forward/* .demo/inbox/forward/
 
+# complaints mailbox: a throwaway Dovecot (loopback, free port, its own CA) loaded with samples/mail
+eval "$(.venv/bin/python -m connectors.email.demo_server start --state .demo/mail --load samples/mail)"
+export IMAP_DEMO=true
+trap '.venv/bin/python -m connectors.email.demo_server stop --state .demo/mail' EXIT
+
 echo "== run --once"
 $HUB run --once
 echo
@@ -19,6 +24,9 @@ $HUB cases list --limit 200
 echo
 echo "== status"
 $HUB status
+echo
+echo "== report"
+$HUB report --since 2020-01-01 --chart .demo/out/report.html --csv .demo/out/report
 echo
 echo "Delivered cases are in .demo/out/cases.jsonl ($(wc -l < .demo/out/cases.jsonl) lines)."
 echo "Try: $HUB -c $CFG cases show <reference>   |   $HUB -c $CFG dead-letters list"

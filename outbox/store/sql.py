@@ -760,11 +760,11 @@ class ProcessTx:
                             f"({','.join('?' * len(cells))}) AND received_at >= ? "
                             f"ORDER BY received_at DESC LIMIT ?",
                             [*cat_p, *cells, since_s, limit]))
-        elif community:
+        if community:  # distance OR the same community
             queries.append((f"SELECT {cols} FROM cases WHERE {cat_sql} AND community = ? "
                             f"AND received_at >= ? ORDER BY received_at DESC LIMIT ?",
                             [*cat_p, community, since_s, limit]))
-        elif address:
+        if address and not community:
             queries.append((f"SELECT {cols} FROM cases WHERE {cat_sql} AND address = ? "
                             f"AND received_at >= ? ORDER BY received_at DESC LIMIT ?",
                             [*cat_p, address, since_s, limit]))
@@ -857,6 +857,12 @@ class ProcessTx:
             for sink in sinks:
                 self._queue(sink, update.case_id, "update", f"update:{update.update_id}")
         return True
+
+    def add_keys(self, case_id: str, index_keys: Sequence[tuple[str, str]]) -> None:
+        """Index an existing case under more keys (e.g. the Message-ID of a reply)."""
+        for key_type, key in index_keys:
+            self._exec("INSERT INTO case_keys (key_type, key, case_id) VALUES (?,?,?) "
+                       "ON CONFLICT (key_type, key) DO NOTHING", (key_type, key, case_id))
 
     def case_sinks(self, case_id: str) -> list[str]:
         """The sinks a case was routed to."""

@@ -1,0 +1,228 @@
+"""P6: delivery throughput.
+
+* webhook deliveries/s (one ``deliver`` worker, SQLite store) against a local receiver, compared
+  with ``wrk`` against the same receiver in the same run (the receiver's own ceiling);
+* Open311 deliveries/s against the test GeoReport receiver (services cached, 1 POST per case);
+* PostgreSQL: deliveries/s with 2 worker processes vs 1 on the same number of rows.
+
+Receivers are the real ones from tests/delivery/receivers.py, each in its own process so they
+do not share the hub's interpreter lock. ``python -m bench.bench_delivery [N]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.common import WORK, write_results
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 3000
+REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("FEEDBACK_HUB_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+RECEIVER = textwrap.dedent("""
+    import sys, time
+    from tests.delivery.receivers import Open311Receiver, WebhookReceiver
+    kind = sys.argv[1]
+    r = (WebhookReceiver(window=86400) if kind == "webhook" else Open311Receiver()).start()
+    print(r.port, flush=True)
+    sys.stdin.read()
+""")
+
+WORKER = textwrap.dedent("""
+    import sys, time
+    from hub.config import load_config
+    from hub.pipeline import Hub, deliver
+    hub = Hub(load_config(sys.argv[1]), worker_id=sys.argv[2])
+    start = float(sys.argv[3])
+    while time.time() < start:
+        time.sleep(0.001)
+    total = 0
+    while True:
+        n = deliver(hub).delivered
+        total += n
+        if n == 0:
+            break
+    print(total, time.time(), flush=True)
+    hub.close()
+""")
+
+
+def start_receiver(kind: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, "-c", RECEIVER, kind], cwd=REPO, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    return proc, port
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.stdin:
+        proc.stdin.close()
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def hub_config(folder: Path, store: str, sinks: list[dict[str, Any]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "feedback-hub.yaml"
+    path.write_text(yaml.safe_dump({"store": store, "blobs": "blobs", "sinks": sinks,
+                                    "delivery": {"batch_size": 100},
+                                    "logging": {"level": "WARNING"}}), encoding="utf-8")
+    return path
+
+
+def seed(cfg: Path, n: int) -> None:
+    from hub.config import load_config
+    from hub.pipeline import Hub
+    from tests.postgres.seed import seed_cases
+
+    with Hub(load_config(cfg)) as hub:
+        seed_cases(hub, n)
+
+
+def run_workers(cfg: Path, workers: int) -> float:
+    """Deliver every due row with ``workers`` processes; return deliveries per second."""
+    start = time.time() + 1.5  # let the interpreters import first
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(cfg), f"bench:{i}",
+                               str(start)], cwd=REPO, text=True, stdout=subprocess.PIPE)
+             for i in range(workers)]
+    outs = [p.communicate(timeout=1800)[0].split() for p in procs]
+    total = sum(int(o[0]) for o in outs)
+    end = max(float(o[1]) for o in outs)
+    return total / (end - start)
+
+
+def wrk_rate(port: int, secret: str = "webhook-secret") -> float | None:
+    """Requests/s of wrk POSTing a signed delivery to the receiver (2 threads, 8 conns, 5 s)."""
+    if not shutil.which("wrk"):
+        return None
+    from outbox.sinks.signing import sign_headers
+
+    body = json.dumps({"schema": "feedback-hub.delivery/1", "kind": "case",
+                       "idempotency_key": "wrk", "case": {"case_id": "wrk", "title": "路灯不亮"},
+                       "update": None}, ensure_ascii=False)
+    headers = sign_headers(secret, body.encode("utf-8"))
+    headers.update({"Content-Type": "application/json", "Idempotency-Key": "wrk"})
+    script = Path(tempfile.mkdtemp()) / "post.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}"]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = subprocess.run(["wrk", "-t2", "-c8", "-d5s", "-s", str(script),
+                          f"http://127.0.0.1:{port}/hook"], capture_output=True, text=True,
+                         timeout=60).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return float(m.group(1)) if m else None
+
+
+def pg_db() -> str | None:
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    name = f"fh_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError:
+        return None
+    return name
+
+
+def drop_db(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    work = WORK / "p6"
+    shutil.rmtree(work, ignore_errors=True)
+    load_before = os.getloadavg()[0]
+    rows: list[dict[str, Any]] = []
+
+    # --- webhook vs wrk, same receiver process
+    proc, port = start_receiver("webhook")
+    try:
+        cfg = hub_config(work / "webhook", "sqlite:///hub.db", [{
+            "name": "wh", "type": "webhook", "url": f"http://127.0.0.1:{port}/hook",
+            "secret": "webhook-secret"}])
+        seed(cfg, N)
+        hub_rate = run_workers(cfg, 1)
+        limit = wrk_rate(port)
+    finally:
+        stop(proc)
+    rows.append({"measure": f"webhook: {N} deliveries, 1 worker, SQLite store",
+                 "value": hub_rate, "unit": "deliveries/s",
+                 "limit": f"wrk -t2 -c8 against the same receiver: {limit:,.0f} req/s"
+                 if limit else "wrk not installed", "ratio": hub_rate / limit if limit else None,
+                 "goal": ">= 0.5x wrk"})
+
+    # --- open311
+    proc, port = start_receiver("open311")
+    try:
+        cfg = hub_config(work / "open311", "sqlite:///hub.db", [{
+            "name": "city", "type": "open311", "base_url": f"http://127.0.0.1:{port}/open311/v2/",
+            "api_key": "test-key", "default_service_code": "002",
+            "default_address": "市民中心"}])
+        n311 = max(500, N // 3)
+        seed(cfg, n311)
+        rate311 = run_workers(cfg, 1)
+    finally:
+        stop(proc)
+    rows.append({"measure": f"open311: {n311} POST requests.json, 1 worker, SQLite store",
+                 "value": rate311, "unit": "deliveries/s", "limit": None, "ratio": None,
+                 "goal": "measured"})
+
+    # --- PostgreSQL: 2 workers vs 1 (the same rows count each time, fresh database)
+    rates: dict[int, float] = {}
+    proc, port = start_receiver("webhook")
+    try:
+        for workers in (1, 2):
+            name = pg_db()
+            if name is None:
+                break
+            try:
+                base = PG_ADMIN.rsplit("/", 1)[0]
+                cfg = hub_config(work / f"pg{workers}", f"{base}/{name}", [{
+                    "name": "wh", "type": "webhook", "url": f"http://127.0.0.1:{port}/hook",
+                    "secret": "webhook-secret"}])
+                seed(cfg, N)
+                rates[workers] = run_workers(cfg, workers)
+            finally:
+                drop_db(name)
+    finally:
+        stop(proc)
+    if len(rates) == 2:
+        rows.append({"measure": f"PostgreSQL: {N} webhook deliveries, 1 worker process",
+                     "value": rates[1], "unit": "deliveries/s", "limit": None, "ratio": None,
+                     "goal": "measured"})
+        rows.append({"measure": f"PostgreSQL: {N} webhook deliveries, 2 worker processes "
+                                f"(FOR UPDATE SKIP LOCKED)",
+                     "value": rates[2], "unit": "deliveries/s",
+                     "limit": f"1 worker: {rates[1]:,.0f}/s", "ratio": rates[2] / rates[1],
+                     "goal": ">= 1.8x one worker"})
+    write_results("P6", "delivery throughput (webhook vs wrk, Open311, PostgreSQL workers)",
+                  rows, notes=f"Load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
+                  "after (other work on the machine skews every figure; compare runs with a "
+                  "low load). Receivers are the test receivers (Python http.server, threaded) "
+                  "in their own process; wrk and the hub hit the same receiver process. A "
+                  "delivery is claim + payload read + attempt record + HTTP POST + receipt "
+                  "commit (plus a timeline event).")
+
+
+if __name__ == "__main__":
+    main()

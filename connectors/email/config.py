@@ -1,0 +1,104 @@
+"""Config of the ``imap`` connector (the complaints mailbox) and of its mapper."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from hub.config_types import ByteSize, ComponentConfig, Duration
+from normalizer.case import Channel
+
+
+class TlsMode(str, Enum):
+    """How the connection is protected."""
+
+    implicit = "implicit"  # TLS from the first byte (port 993)
+    starttls = "starttls"  # plain connection upgraded with STARTTLS (port 143); never falls back
+    none = "none"  # no TLS at all: only for a server on loopback
+
+
+class AfterCommit(str, Enum):
+    """What happens to a mail at the server once it is committed to the store."""
+
+    move = "move"  # MOVE to processed_folder (COPY + \\Deleted + UID EXPUNGE without MOVE)
+    seen = "seen"  # flag \\Seen and leave it in the folder
+
+
+class ImapConfig(ComponentConfig):
+    """Config of an ``imap`` connector."""
+
+    type: Literal["imap"] = "imap"
+    channel: Channel = Field(default=Channel.email, description="Channel of these records.")
+    host: str = Field(description="IMAP server host name (checked against its certificate).")
+    port: int | None = Field(default=None, ge=1, le=65535,
+                             description="Default: 993 for implicit TLS, else 143.")
+    tls: TlsMode = Field(default=TlsMode.implicit,
+                         description="implicit (993), starttls (143) or none (loopback only).")
+    tls_verify: bool = Field(default=True, description="Verify the server certificate and host "
+                             "name. false only for testing: the connection can be intercepted.")
+    ca_file: str | None = Field(default=None, description="PEM file of the CA that signed the "
+                                "server certificate (default: the system's CAs).")
+    username: str = Field(description="Login name (often the mailbox address).")
+    password: SecretStr | None = Field(default=None,
+                                       description="Password, from the environment: "
+                                                   "${IMAP_PASSWORD}.")
+    oauth2_token: SecretStr | None = Field(default=None, description="XOAUTH2 access token "
+                                           "instead of a password: ${IMAP_OAUTH2_TOKEN}.")
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1,
+                               description="Folders to read, in order.")
+    after_commit: AfterCommit = Field(default=AfterCommit.move,
+                                      description="move (to processed_folder) or seen.")
+    processed_folder: str = Field(default="Processed",
+                                  description="Where committed mail is moved (after_commit: "
+                                              "move).")
+    quarantine_folder: str = Field(default="Quarantine",
+                                   description="Where oversized mail is moved (always).")
+    create_folders: bool = Field(default=True, description="Create the processed and "
+                                 "quarantine folders when missing.")
+    max_message_size: ByteSize = Field(default=25_000_000, description="Larger mail becomes a "
+                                       "dead letter and is moved to quarantine_folder.")
+    dead_letter_max_size: ByteSize = Field(default=100_000_000, description="Oversized mail up "
+                                           "to this size keeps its raw bytes in the dead letter;"
+                                           " larger keeps only its headers.")
+    batch_size: int = Field(default=50, ge=1, le=5000,
+                            description="Mails fetched, committed and acknowledged together.")
+    batch_bytes: ByteSize = Field(default=50_000_000, description="A batch also ends once it "
+                                  "holds this many bytes.")
+    stream_threshold: ByteSize = Field(default=4_000_000, description="Mails larger than this "
+                                       "are fetched in chunks straight to the blob store.")
+    blob_writers: int = Field(default=8, ge=1, le=64, description="Threads writing a batch's "
+                              "raw mails to the blob store (fsyncs overlap).")
+    timeout: Duration = Field(default=60.0, description="Socket timeout.")
+    lock_ttl: Duration = Field(default=600.0, description="The mailbox lock expires this long "
+                               "after its last renewal (a crashed fetcher frees it).")
+    idle_renew: Duration = Field(default=20 * 60, description="listen: restart IDLE this often "
+                                 "(servers drop IDLE after 30 min; must be at most 25m).")
+    idle_check: Duration = Field(default=2.0, description="listen: how often a waiting IDLE "
+                                 "checks for stop requests.")
+    poll_interval: Duration = Field(default=60.0, description="listen: poll interval when the "
+                                    "server lacks IDLE, and for folders after the first.")
+    reconnect_max: Duration = Field(default=300.0, description="listen: longest wait between "
+                                    "reconnect attempts (exponential backoff with jitter).")
+    loop_header: str = Field(default="X-Feedback-Hub-Loop", description="Mail carrying this "
+                             "header was sent by a Feedback Hub and is ignored.")
+    trim_quotes: bool = Field(default=True, description="Trim quoted reply history and "
+                              "signatures from the case description (kept in the raw mail).")
+
+    @model_validator(mode="after")
+    def _check(self) -> ImapConfig:
+        if self.password is None and self.oauth2_token is None:
+            raise ValueError("set password (e.g. ${IMAP_PASSWORD}) or oauth2_token")
+        if self.idle_renew > 25 * 60:
+            raise ValueError("idle_renew: must be at most 25m (servers end IDLE after 30 min)")
+        if self.after_commit is AfterCommit.move and self.processed_folder in self.folders:
+            raise ValueError("processed_folder must not be one of the folders read")
+        if self.quarantine_folder in self.folders:
+            raise ValueError("quarantine_folder must not be one of the folders read")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        """The port to connect to."""
+        return self.port or (993 if self.tls is TlsMode.implicit else 143)

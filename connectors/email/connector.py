@@ -1,0 +1,485 @@
+"""``imap``: the complaints mailbox, read the way helpdesks learned to (Zammad, osTicket, RT).
+
+* The raw RFC 822 bytes of every mail are written to the blob store and committed (with the
+  per-folder checkpoint: UIDVALIDITY and last UID) BEFORE the mail is moved or flagged; the
+  pipeline calls :meth:`ImapConnector.ack` only after that commit.
+* ``source_ref`` is the Message-ID plus the sha256 of the raw bytes, so a UIDVALIDITY rescan,
+  a second fetcher or a crash between commit and ack never stores a mail twice. A mail without
+  Message-ID gets a stable generated one (from the same hash).
+* One process reads a mailbox at a time (a lock in the store; a lock left by a crashed local
+  process is taken over at once).
+* Mail over ``max_message_size`` becomes a dead letter with the reason and is moved to the
+  quarantine folder, so it never blocks the folder. Large mail is streamed to the blob store in
+  chunks (partial FETCH), so memory stays flat.
+* Parsing (charsets, attachments, auto-replies, threading) happens later, in the channel mapper
+  :mod:`normalizer.mappers.email`, on the stored bytes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from connectors.base import IngestContext, RawRecord, Reject, ReparseError, SourceBatch
+from connectors.email.config import AfterCommit, ImapConfig
+from connectors.email.imap import ImapSession, is_connection_error
+from hub import faults
+
+logger = logging.getLogger(__name__)
+
+_MSGID = re.compile(rb"^message-id[ \t]*:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)", re.I | re.M)
+_ANGLE = re.compile(rb"<[^<>\s]+>")
+HEADER_PEEK = 256 * 1024
+
+
+def header_section(raw: bytes) -> bytes:
+    """The header section of a message (up to the first empty line)."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        i = raw.find(sep)
+        if i >= 0:
+            return raw[: i + len(sep)]
+    return raw
+
+
+def message_id_of(header: bytes, sha256: str) -> tuple[str, bool]:
+    """The Message-ID of a mail, or a stable generated one; returns (id, generated)."""
+    m = _MSGID.search(header)
+    if m:
+        value = re.sub(rb"\r?\n[ \t]+", b" ", m.group(1)).strip()
+        angle = _ANGLE.search(value)
+        token = angle.group(0) if angle else (b"<" + value + b">" if value and b" " not in value
+                                              else b"")
+        if token and len(token) > 2:
+            return token.decode("ascii", "replace"), False
+    return f"<{sha256[:40]}@generated.feedback-hub.invalid>", True
+
+
+def source_ref_for(message_id: str, sha256: str) -> str:
+    """``<message-id>|sha256:<hex>``; very long ids are hashed to keep the key short."""
+    if len(message_id) > 600:
+        message_id = "mid-sha1:" + hashlib.sha1(message_id.encode()).hexdigest()
+    return f"{message_id}|sha256:{sha256}"
+
+
+@dataclass
+class AckToken:
+    """What :meth:`ImapConnector.ack` does for one committed batch."""
+
+    folder: str
+    uidvalidity: int
+    processed: list[int] = field(default_factory=list)
+    quarantine: list[int] = field(default_factory=list)
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file-like view of an iterator of byte chunks (for ``BlobStore.put_stream``)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return b""
+        if size < 0 or size >= len(self._buf):
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+
+def _pid_dead(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class ImapConnector:
+    """Reads the configured folders of one mailbox."""
+
+    type_name: ClassVar[str] = "imap"
+    Config = ImapConfig
+
+    def __init__(self, config: ImapConfig, blobs: Any = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.channel = config.channel
+        self.blobs = blobs
+        self.session: ImapSession | None = None
+        self._ensured: set[str] = set()
+        self._lock: tuple[Any, str] | None = None
+        self._lock_renewed = 0.0
+        self._executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_config(cls, config: ImapConfig, runtime: Any) -> ImapConnector:
+        """Build from config (the runtime's blob store is used by :meth:`reparse`)."""
+        return cls(config, blobs=getattr(runtime, "blobs", None))
+
+    @property
+    def lock_name(self) -> str:
+        """The store lock that keeps a second fetcher off this mailbox."""
+        c = self.config
+        return f"imap:{c.username}@{c.host}:{c.effective_port}"
+
+    # ------------------------------------------------------------------ session and lock
+    def _session(self, check: bool = False) -> ImapSession:
+        if check and self.session is not None and self.session.client is not None:
+            try:
+                self.session.c.noop()  # a connection kept between runs may have timed out
+            except Exception:
+                self._drop_session()
+        if self.session is None or self.session.client is None:
+            self.session = ImapSession(self.config).connect()
+            self.session.c.normalise_times = False  # INTERNALDATE as tz-aware datetimes
+            self._ensured.clear()
+        return self.session
+
+    def _drop_session(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    def _take_lock(self, ctx: IngestContext) -> bool:
+        store = ctx.services.get("store")
+        if store is None:
+            return True
+        owner = str(ctx.services.get("worker_id") or f"{socket.gethostname()}:{os.getpid()}")
+        name = self.lock_name
+        if not store.acquire_lock(name, owner, self.config.lock_ttl):
+            rows = store.query("SELECT owner FROM locks WHERE name = ?", (name,))
+            holder = rows[0]["owner"] if rows else None
+            if holder and _pid_dead(holder):
+                logger.warning("taking over the mailbox lock of a crashed fetcher",
+                               extra={"source": self.name, "holder": holder})
+                store.release_lock(name, holder)
+                if not store.acquire_lock(name, owner, self.config.lock_ttl):
+                    return False
+            else:
+                logger.info("mailbox is being read by another fetcher; skipping",
+                            extra={"source": self.name, "holder": holder})
+                return False
+        self._lock = (store, owner)
+        self._lock_renewed = time.monotonic()
+        return True
+
+    def _renew_lock(self, force: bool = False) -> None:
+        if self._lock is None:
+            return
+        if not force and time.monotonic() - self._lock_renewed < self.config.lock_ttl / 4:
+            return
+        store, owner = self._lock
+        if not store.acquire_lock(self.lock_name, owner, self.config.lock_ttl):
+            raise RuntimeError("lost the mailbox lock to another fetcher")
+        self._lock_renewed = time.monotonic()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            store, owner = self._lock
+            self._lock = None
+            try:
+                store.release_lock(self.lock_name, owner)
+            except Exception:
+                logger.warning("could not release the mailbox lock", exc_info=True,
+                               extra={"source": self.name})
+
+    # ------------------------------------------------------------------ fetch
+    def fetch(self, ctx: IngestContext) -> Iterator[SourceBatch]:
+        """Yield batches of new mail from every configured folder (one process at a time)."""
+        if not self._take_lock(ctx):
+            return
+        try:
+            session = self._session(check=True)
+            state = _folder_state(ctx.checkpoint)
+            count = 0
+            for folder in self.config.folders:
+                for batch in self._fetch_folder(session, folder, state, ctx):
+                    count += len(batch.records) + len(batch.rejects)
+                    yield batch
+                    self._renew_lock()
+                    if ctx.max_records is not None and count >= ctx.max_records:
+                        return
+        except Exception as exc:
+            if is_connection_error(exc):
+                self._drop_session()  # the next run starts with a fresh connection
+            raise
+        finally:
+            self._release_lock()
+
+    def _fetch_folder(self, session: ImapSession, folder: str, state: dict[str, Any],
+                      ctx: IngestContext) -> Iterator[SourceBatch]:
+        cfg = self.config
+        info = session.select(folder)
+        uv = int(info[b"UIDVALIDITY"])
+        prev = state.get(folder)
+        last = 0
+        if prev is not None and int(prev.get("uidvalidity", -1)) == uv:
+            last = int(prev.get("last_uid", 0))
+        elif prev is not None:
+            logger.warning("UIDVALIDITY changed: rescanning the folder (stored mail is "
+                           "recognised by Message-ID and content hash)",
+                           extra={"source": self.name, "folder": folder,
+                                  "old": prev.get("uidvalidity"), "new": uv})
+        if cfg.after_commit is AfterCommit.move and last:
+            leftover = session.uids_upto(last)
+            if leftover:
+                # committed by an earlier run that died before its ack: acknowledge them now
+                sizes = session.sizes(leftover)
+                big = [u for u in leftover if sizes.get(u, (0, None))[0] > cfg.max_message_size]
+                logger.info("acknowledging mail committed before a crash",
+                            extra={"source": self.name, "folder": folder,
+                                   "count": len(leftover)})
+                yield SourceBatch(ack_token=AckToken(folder, uv, [u for u in leftover
+                                                                  if u not in big], big))
+        uids = session.uids_after(last)
+        if not uids:
+            return
+        meta = session.sizes(uids)
+        logger.info("new mail", extra={"source": self.name, "folder": folder,
+                                       "count": len(uids), "uidvalidity": uv})
+        group: list[int] = []
+        group_bytes = 0
+        for uid in uids:
+            size = meta.get(uid, (0, None))[0]
+            if group and (len(group) >= cfg.batch_size
+                          or group_bytes + min(size, cfg.stream_threshold) > cfg.batch_bytes):
+                yield self._batch(session, folder, uv, group, meta, state, ctx)
+                group, group_bytes = [], 0
+            group.append(uid)
+            group_bytes += min(size, cfg.stream_threshold)
+        if group:
+            yield self._batch(session, folder, uv, group, meta, state, ctx)
+
+    def _batch(self, session: ImapSession, folder: str, uv: int, uids: list[int],
+               meta: dict[int, tuple[int, Any]], state: dict[str, Any],
+               ctx: IngestContext) -> SourceBatch:
+        cfg = self.config
+        small = [u for u in uids if u in meta and meta[u][0] <= cfg.stream_threshold]
+        bodies = session.fetch_bodies(small) if small else {}
+        # blobs are fsynced one by one; writing them concurrently lets the file system
+        # commit many in one journal flush (each is still durable before the batch commit)
+        stored = dict(zip(bodies, self._pool().map(
+            lambda raw: ctx.blobs.put_bytes(raw, mime="message/rfc822"), bodies.values()),
+            strict=True)) if bodies else {}
+        records: list[RawRecord] = []
+        rejects: list[Reject] = []
+        token = AckToken(folder, uv)
+        for uid in uids:
+            if uid not in meta:
+                continue  # expunged by someone else meanwhile
+            size, idate = meta[uid]
+            where = {"folder": folder, "uid": uid, "uidvalidity": uv}
+            if size > cfg.max_message_size:
+                rejects.append(self._oversized(session, uid, size, where, ctx))
+                token.quarantine.append(uid)
+                continue
+            if size > cfg.stream_threshold:
+                blob = ctx.blobs.put_stream(_ChunkReader(session.stream_body(uid, size)),
+                                            mime="message/rfc822")
+                header = header_section(ctx.blobs.read(blob.sha256, HEADER_PEEK))
+            else:
+                raw = bodies.get(uid)
+                if raw is None:
+                    continue  # expunged between SEARCH and FETCH
+                blob = stored[uid]
+                header = header_section(raw)
+            msgid, generated = message_id_of(header, blob.sha256)
+            records.append(self._record(blob.sha256, blob.size, msgid, generated,
+                                        idate, where, ctx.now))
+            token.processed.append(uid)
+            faults.point("imap_mid_batch")
+        state[folder] = {"uidvalidity": uv, "last_uid": uids[-1]}
+        return SourceBatch(records=records, rejects=rejects,
+                           checkpoint={"folders": copy.deepcopy(state)}, ack_token=token)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=self.config.blob_writers,
+                                                thread_name_prefix=f"imap-blobs-{self.name}")
+        return self._executor
+
+    def _record(self, sha: str, size: int, msgid: str, generated: bool, idate: Any,
+                where: dict[str, Any], now: datetime) -> RawRecord:
+        received = idate if isinstance(idate, datetime) and idate.tzinfo else now
+        payload = {**where, "message_id": msgid, "message_id_generated": generated,
+                   "size": size, "sha256": sha, "mailbox": self.config.username}
+        return RawRecord(source=self.name, channel=self.channel,
+                         source_ref=source_ref_for(msgid, sha), received_at=received,
+                         payload=payload, raw_blob=sha)
+
+    def _oversized(self, session: ImapSession, uid: int, size: int, where: dict[str, Any],
+                   ctx: IngestContext) -> Reject:
+        cfg = self.config
+        header = session.fetch_header(uid)
+        detail: dict[str, Any] = {**where, "size": size}
+        reason = (f"mail is {size} bytes, over max_message_size {cfg.max_message_size} "
+                  f"(folder {where['folder']} uid {uid}); moved to {cfg.quarantine_folder}")
+        if size <= cfg.dead_letter_max_size:
+            blob = ctx.blobs.put_stream(_ChunkReader(session.stream_body(uid, size)),
+                                        mime="message/rfc822")
+            msgid, _ = message_id_of(header, blob.sha256)
+            detail.update(kept="raw", message_id=msgid)
+            return Reject(reason, blob_sha256=blob.sha256, source_ref=source_ref_for(
+                msgid, blob.sha256), detail=detail)
+        hsha = hashlib.sha256(header).hexdigest()
+        msgid, _ = message_id_of(header, hsha)
+        detail.update(kept="headers", message_id=msgid)
+        return Reject(reason + f"; only its headers were kept (over dead_letter_max_size "
+                               f"{cfg.dead_letter_max_size})", raw=header,
+                      source_ref=f"{msgid}|size:{size}", detail=detail)
+
+    # ------------------------------------------------------------------ ack
+    def ack(self, batch: SourceBatch) -> None:
+        """Move (or flag) the committed mail; quarantine oversized mail."""
+        tok = batch.ack_token
+        if not isinstance(tok, AckToken) or not (tok.processed or tok.quarantine):
+            return
+        cfg = self.config
+        session = self._session()
+        if session.selected != tok.folder:
+            session.select(tok.folder)
+        if session.uidvalidity != tok.uidvalidity:
+            logger.warning("UIDVALIDITY changed before the ack; the next run rescans",
+                           extra={"source": self.name, "folder": tok.folder})
+            return
+        if tok.quarantine:
+            self._ensure(session, cfg.quarantine_folder)
+            session.move(tok.quarantine, cfg.quarantine_folder)
+        if tok.processed:
+            if cfg.after_commit is AfterCommit.move:
+                self._ensure(session, cfg.processed_folder)
+                session.move(tok.processed, cfg.processed_folder)
+            else:
+                session.flag_seen(tok.processed)
+        logger.info("mail acknowledged", extra={"source": self.name, "folder": tok.folder,
+                                                "processed": len(tok.processed),
+                                                "quarantined": len(tok.quarantine),
+                                                "action": cfg.after_commit.value})
+
+    def _ensure(self, session: ImapSession, folder: str) -> None:
+        if folder in self._ensured:
+            return
+        if self.config.create_folders:
+            session.ensure_folder(folder)
+        self._ensured.add(folder)
+
+    # ------------------------------------------------------------------ listen
+    def listen(self, ctx: IngestContext, commit: Callable[[SourceBatch], None],
+               stop: threading.Event) -> None:
+        """Run until ``stop``: IMAP IDLE on the first folder, polling where IDLE is missing.
+
+        IDLE is restarted every ``idle_renew`` (well inside the 30-minute server timeout) and
+        checked every ``idle_check`` seconds so ``stop`` is honoured quickly. Connection errors
+        reconnect with exponential backoff and jitter.
+        """
+        cfg = self.config
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                if self._lock is None and not self._take_lock(ctx):
+                    stop.wait(cfg.poll_interval)
+                    continue
+                session = self._session()
+                state = _folder_state(ctx.checkpoint)
+                for folder in cfg.folders:
+                    for batch in self._fetch_folder(session, folder, state, ctx):
+                        commit(batch)
+                        self._renew_lock()
+                        if stop.is_set():
+                            return
+                backoff = 1.0
+                self._wait_for_mail(session, stop)
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    self._drop_session()
+                    self._release_lock()
+                    raise
+                self._drop_session()
+                delay = min(cfg.reconnect_max, backoff) * (0.8 + 0.4 * random.random())
+                logger.warning("IMAP connection lost; reconnecting",
+                               extra={"source": self.name, "error": str(exc),
+                                      "in_seconds": round(delay, 1)})
+                stop.wait(delay)
+                backoff = min(cfg.reconnect_max, backoff * 2)
+        self._release_lock()
+        self._drop_session()
+
+    def _wait_for_mail(self, session: ImapSession, stop: threading.Event) -> None:
+        cfg = self.config
+        started = time.monotonic()
+        if not session.has("IDLE"):
+            deadline = started + cfg.poll_interval
+            while not stop.is_set() and time.monotonic() < deadline:
+                stop.wait(min(cfg.idle_check, max(0.0, deadline - time.monotonic())))
+                self._renew_lock()
+            return
+        first = cfg.folders[0]
+        if session.selected != first:
+            session.select(first)
+        session.c.idle()
+        try:
+            while not stop.is_set():
+                responses = session.c.idle_check(timeout=cfg.idle_check)
+                if any(isinstance(r, tuple) and len(r) > 1 and r[1] in (b"EXISTS", b"RECENT")
+                       for r in responses):
+                    return
+                self._renew_lock()
+                elapsed = time.monotonic() - started
+                if elapsed >= cfg.idle_renew:
+                    return
+                if len(cfg.folders) > 1 and elapsed >= cfg.poll_interval:
+                    return  # time to look at the other folders
+        finally:
+            session.c.idle_done()
+
+    # ------------------------------------------------------------------ replay and close
+    def reparse(self, raw: bytes, source_ref: str | None, now: datetime) -> list[RawRecord]:
+        """Turn the raw bytes of a dead-lettered mail (e.g. an oversized one an operator
+        accepts) into a record."""
+        if not raw.strip():
+            raise ReparseError("empty message")
+        if self.blobs is None:
+            raise ReparseError("no blob store to keep the message in")
+        blob = self.blobs.put_bytes(raw, mime="message/rfc822")
+        msgid, generated = message_id_of(header_section(raw), blob.sha256)
+        return [self._record(blob.sha256, blob.size, msgid, generated, None,
+                             {"replayed": True}, now)]
+
+    def close(self) -> None:
+        """Log out, release the lock and stop the blob writers."""
+        self._release_lock()
+        self._drop_session()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+def _folder_state(checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+    folders = (checkpoint or {}).get("folders")
+    return copy.deepcopy(folders) if isinstance(folders, dict) else {}

@@ -1,0 +1,159 @@
+"""The store on the machine's real PostgreSQL (a throwaway database per session)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from hub.config import load_config
+from hub.pipeline import Hub, deliver, run_once
+from hub.status import collect_status
+from outbox.blobs import BlobStore
+from outbox.store import open_store
+from tests.conftest import REPO, SAMPLES, jsonl_lines, write_config
+from tests.delivery.receivers import WebhookReceiver
+from tests.postgres.seed import seed_cases
+
+pytestmark = pytest.mark.integration
+
+
+def _hub(tmp_path: Path, pg_url: str, **over) -> Hub:
+    cfg = write_config(tmp_path, store=pg_url, **over)
+    return Hub(load_config(cfg))
+
+
+def test_whole_pipeline_on_postgres(tmp_path: Path, pg_url: str, cli) -> None:
+    cfg = write_config(tmp_path, store=pg_url)
+    for f in (SAMPLES / "forward").iterdir():
+        shutil.copy(f, tmp_path / "inbox" / f.name)
+    res = cli(cfg, "run", "--once", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    good = summary["process"]["cases_new"]
+    assert good >= 20 and summary["deliver"]["delivered"] == good
+    assert summary["process"]["failed"] == 1  # the bad record rolled back to its savepoint
+    assert len(jsonl_lines(tmp_path / "out" / "cases.jsonl")) == good
+    # the same exports again: nothing new anywhere
+    for f in (SAMPLES / "forward").iterdir():
+        shutil.copy(f, tmp_path / "inbox" / f.name)
+    again = json.loads(cli(cfg, "run", "--once", "--json").stdout)
+    assert again["process"]["cases_new"] == 0 and again["deliver"]["delivered"] == 0
+    status = json.loads(cli(cfg, "status", "--json").stdout)
+    assert status["cases"]["total"] == good and status["schema_version"] == 1
+    ref = jsonl_lines(tmp_path / "out" / "cases.jsonl")[0]["case"]["reference"]
+    shown = cli(cfg, "cases", "show", ref)
+    assert shown.returncode == 0 and "delivered to case-file" in shown.stdout
+    dls = json.loads(cli(cfg, "dead-letters", "list", "--json").stdout)
+    assert len(dls) == 2
+
+
+def test_prefix_scan_locks_and_reads_leave_no_open_transaction(tmp_path: Path,
+                                                               pg_url: str) -> None:
+    store = open_store(pg_url, BlobStore(tmp_path / "blobs"))
+    try:
+        with store.process_tx() as tx:
+            tx.state_put("ns", "dev:1", {"a": 1})
+            tx.state_put("ns", "dev:2", {"a": 2})
+            tx.state_put("ns", "dew", {"a": 3})
+            tx.state_put("ns", "dev:é", {"a": 4})
+            assert [k for k, _ in tx.state_scan("ns", "dev:")] == ["dev:1", "dev:2", "dev:é"]
+        assert store.acquire_lock("x", "me", 60) and not store.acquire_lock("x", "you", 60)
+        store.release_lock("x", "me")
+        store.query("SELECT 1 AS one")
+        rows = store.query("SELECT state FROM pg_stat_activity WHERE application_name = "
+                           "'feedback-hub' AND pid = pg_backend_pid()")
+        assert rows[0]["state"] == "active"  # this very query; nothing idle in transaction
+        idle = store.query("SELECT COUNT(*) AS n FROM pg_stat_activity WHERE "
+                           "application_name = 'feedback-hub' AND state = "
+                           "'idle in transaction'")
+        assert idle[0]["n"] == 0
+        assert store.query("SELECT 'a%b' AS v WHERE 1 = ?", (1,))[0]["v"] == "a%b"
+    finally:
+        store.close()
+
+
+def test_skip_locked_claims_are_disjoint(tmp_path: Path, pg_url: str) -> None:
+    hub = _hub(tmp_path, pg_url)
+    try:
+        seed_cases(hub, 200)
+        other = open_store(pg_url, hub.blobs)
+        a_conn = hub.store
+        # hold a claim transaction open in A while B claims: B skips A's locked rows
+        with a_conn._write_tx() as cur:
+            a_conn._exec(cur, a_conn._claim_sql().format(sink_filter=""),
+                         ("9999-12-31", "0000", 50))
+            locked = {int(r[0]) for r in cur.fetchall()}
+            b = other.claim_due("b:1", 100, 60)
+        assert len(locked) == 50 and len(b) == 100
+        assert not locked & {d.id for d in b}
+        a = hub.store.claim_due("a:1", 500, 60)
+        assert len(a) == 100 and not {d.id for d in a} & {d.id for d in b}
+        other.close()
+    finally:
+        hub.close()
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    from hub.config import load_config
+    from hub.pipeline import Hub, deliver
+    hub = Hub(load_config(sys.argv[1]), worker_id=sys.argv[2])
+    total = 0
+    while True:
+        n = deliver(hub).delivered
+        total += n
+        if n == 0:
+            break
+    print(total)
+    hub.close()
+""")
+
+
+def test_two_worker_processes_deliver_10000_rows_each_once(tmp_path: Path, pg_url: str) -> None:
+    n = 10_000
+    with WebhookReceiver() as hook:
+        cfg = write_config(tmp_path, store=pg_url, sinks=[{
+            "name": "workorders", "type": "webhook", "url": hook.url, "secret": hook.secret}],
+            delivery={"batch_size": 50})
+        hub = Hub(load_config(cfg))
+        try:
+            assert seed_cases(hub, n) == n
+        finally:
+            hub.close()
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(cfg), f"w{i}:{i}"],
+                                  cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        counts = [int(o[0].strip() or 0) for o in outs]
+        assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+        assert sum(counts) == n and min(counts) > n // 5  # both really worked
+        assert len(hook.created) == n and hook.redeliveries() == 0
+        with Hub(load_config(cfg)) as check:
+            states = collect_status(check)["sinks"][0]
+            assert states["delivered"] == n and states["pending"] == 0
+            receipts = check.store.query("SELECT COUNT(*) AS n, COUNT(DISTINCT outbox_id) AS d "
+                                         "FROM receipts")[0]
+            assert receipts["n"] == receipts["d"] == n
+            assert deliver(check).delivered == 0
+
+
+def test_open_store_rejects_unknown_urls(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="postgresql://"):
+        open_store("mysql://x", BlobStore(tmp_path))
+
+
+def test_run_once_on_postgres_in_process(tmp_path: Path, pg_url: str) -> None:
+    hub = _hub(tmp_path, pg_url)
+    try:
+        seed_cases(hub, 30)
+        assert run_once(hub, stages=("deliver",)).deliver.delivered == 30
+    finally:
+        hub.close()
