@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 # Debian packages the tests and the demo need (real servers, not mocks).
-APT_PACKAGES := mosquitto mosquitto-clients dovecot-imapd
+APT_PACKAGES := mosquitto mosquitto-clients dovecot-imapd postgresql
 BENCH_APT_PACKAGES := wrk
 PYTEST_ARGS ?=
 

@@ -127,8 +127,9 @@ def _progress() -> tuple[Any, Any]:
 @click.option("--connector", "connectors", multiple=True, metavar="NAME",
               help="Only ingest from this connector (repeatable).")
 @click.option("--stage", "stages", multiple=True,
-              type=click.Choice(["ingest", "process", "deliver"]),
-              help="Only run these stages (repeatable) [default: all].")
+              type=click.Choice(["ingest", "process", "deliver", "status"]),
+              help="Only run these stages (repeatable) [default: all]; status pulls case "
+                   "status back from Open311 sinks.")
 @click.option("--interval", default=60.0, show_default=True,
               help="Seconds between passes without --once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -136,7 +137,7 @@ def _progress() -> tuple[Any, Any]:
 def run(c: Ctx, once: bool, connectors: tuple[str, ...], stages: tuple[str, ...],
         interval: float, as_json: bool) -> None:
     """Ingest, process and deliver: once with --once, else every --interval seconds."""
-    from hub.pipeline import run_once
+    from hub.pipeline import ALL_STAGES, run_once
 
     hub = c.hub
     for name in connectors:
@@ -150,11 +151,9 @@ def run(c: Ctx, once: bool, connectors: tuple[str, ...], stages: tuple[str, ...]
         prog, update = _progress()
         if prog:
             with prog:
-                summary = run_once(hub, connectors or None, stages or
-                                   ("ingest", "process", "deliver"), update)
+                summary = run_once(hub, connectors or None, stages or ALL_STAGES, update)
         else:
-            summary = run_once(hub, connectors or None, stages or
-                               ("ingest", "process", "deliver"))
+            summary = run_once(hub, connectors or None, stages or ALL_STAGES)
         print_summary(summary, hub, as_json)
         if once:
             raise SystemExit(EXIT_PARTIAL if summary.connector_errors else EXIT_OK)
@@ -166,12 +165,16 @@ def run(c: Ctx, once: bool, connectors: tuple[str, ...], stages: tuple[str, ...]
               help="Seconds between polls of connectors that cannot push (IDLE/MQTT push).")
 @click.option("--tick", default=5.0, show_default=True,
               help="Seconds between process/deliver passes when nothing arrives.")
+@click.option("--status-interval", default=300.0, show_default=True,
+              help="Seconds between pulls of case status from Open311 sinks.")
 @pass_ctx
-def listen(c: Ctx, poll_interval: float, tick: float) -> None:
+def listen(c: Ctx, poll_interval: float, tick: float, status_interval: float) -> None:
     """Run continuously: MQTT subscriptions, IMAP IDLE, polls and the delivery loop."""
     from hub.listen import run_forever
+    from outbox.status_sync import PeriodicStatusSync
 
-    raise SystemExit(run_forever(c.config, poll_interval=poll_interval, tick=tick))
+    raise SystemExit(run_forever(c.config, poll_interval=poll_interval, tick=tick,
+                                 extra_stages=[PeriodicStatusSync(status_interval)]))
 
 
 def summary_dict(summary: Any, hub: Any) -> dict[str, Any]:
@@ -186,6 +189,9 @@ def summary_dict(summary: Any, hub: Any) -> dict[str, Any]:
                     "ignored_reasons": dict(summary.process.ignored_reasons)},
         "deliver": {"delivered": summary.deliver.delivered, "retried": summary.deliver.retried,
                     "dead": summary.deliver.dead, "by_sink": dict(summary.deliver.by_sink)},
+        "status_sync": None if summary.status is None else {
+            "polled": summary.status.polled, "changes": summary.status.changes,
+            "errors": [redact(e) for e in summary.status.errors]},
         "dead_letters_open": [{"id": d["id"], "stage": d["stage"], "source": d["source"],
                                "reason": redact(d["reason"])} for d in dead],
     }
@@ -213,6 +219,10 @@ def print_summary(summary: Any, hub: Any, as_json: bool = False) -> None:
     sinks = ", ".join(f"{k} {v}" for k, v in sorted(d["by_sink"].items())) or "-"
     out.print(f"Delivered {d['delivered']} ({sinks}), {d['retried']} to retry, "
               f"{d['dead']} dead-lettered")
+    st = data["status_sync"]
+    if st and (st["polled"] or st["errors"]):
+        out.print(f"Status from downstream: {st['polled']} case(s) polled, {st['changes']} "
+                  f"change(s)" + (f", errors: {'; '.join(st['errors'])}" if st["errors"] else ""))
     if data["dead_letters_open"]:
         t = Table(title=f"Open dead letters ({len(data['dead_letters_open'])})",
                   title_justify="left")

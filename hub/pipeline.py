@@ -577,6 +577,7 @@ class RunSummary:
     ingest: list[IngestStats]
     process: ProcessStats
     deliver: DeliverStats
+    status: Any = None
 
     @property
     def connector_errors(self) -> int:
@@ -584,11 +585,19 @@ class RunSummary:
         return sum(1 for s in self.ingest if s.error)
 
 
+ALL_STAGES = ("ingest", "process", "deliver", "status")
+
+
 def run_once(hub: Hub, connectors: Sequence[str] | None = None,
-             stages: Sequence[str] = ("ingest", "process", "deliver"),
+             stages: Sequence[str] = ALL_STAGES,
              progress: Progress | None = None) -> RunSummary:
-    """One pass of every requested stage."""
+    """One pass of every requested stage (``status`` pulls case status back from downstream)."""
     ing = ingest(hub, connectors, progress=progress) if "ingest" in stages else []
     proc = process(hub, progress=progress) if "process" in stages else ProcessStats()
     dlv = deliver(hub, progress=progress) if "deliver" in stages else DeliverStats()
-    return RunSummary(ing, proc, dlv)
+    sync = None
+    if "status" in stages:
+        from outbox.status_sync import sync_status
+
+        sync = sync_status(hub)
+    return RunSummary(ing, proc, dlv, sync)
