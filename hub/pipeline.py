@@ -485,22 +485,63 @@ def _deliver_rows(hub: Hub, sink: Sink, rows: list[ClaimedDelivery], stats: Deli
         if chunk == 1:  # one at a time: record each outcome before the next call
             deliver_one(hub, part[0], stats, now_fn)
             continue
-        prepared = [a for a in (_prepare(hub, d, stats, now_fn) for d in part) if a is not None]
+        prepared = _prepare_many(hub, part, stats, now_fn)
         calls = [prepared[j:j + per_call] for j in range(0, len(prepared), per_call)]
+        receipts: list[tuple[ClaimedDelivery, str | None, int | None, dict[str, Any]]] = []
         if pool is None:
             for c in calls:
                 _call(sink, c)
                 for a in c:
-                    _record(hub, a, stats, now_fn)
+                    _record(hub, a, stats, now_fn, receipts)
+        else:
+            futures = {pool.submit(_call, sink, c): c for c in calls}
+            for fut in as_completed(futures):  # record while the other calls are in flight
+                for a in futures[fut]:
+                    _record(hub, a, stats, now_fn, receipts)
+        # one transaction for the chunk's receipts; a crash before it makes every row's
+        # attempt "unrecorded", so the next try carries ambiguous_seen (same idempotency key)
+        hub.store.complete_deliveries(receipts)
+        for d, *_ in receipts:
+            stats.delivered += 1
+            stats.by_sink[d.sink] += 1
+
+
+def _prepare_many(hub: Hub, rows: list[ClaimedDelivery], stats: DeliverStats,
+                  now_fn: Callable[[], datetime]) -> list[_Attempt]:
+    """Load payloads and record the attempts of a chunk (two queries, one transaction)."""
+    payloads = hub.store.delivery_payloads(rows)
+    attempt_at = now_fn()
+    out: list[_Attempt] = []
+    for d in rows:
+        if d.id not in payloads:
+            reason = f"case {d.case_id} not found"
+            hub.store.fail_delivery(d, {"reason": reason, "retryable": False}, reason)
+            stats.dead += 1
+            stats.dead_reasons.append(reason)
             continue
-        futures = {pool.submit(_call, sink, c): c for c in calls}
-        for fut in as_completed(futures):  # record while the other calls are in flight
-            for a in futures[fut]:
-                _record(hub, a, stats, now_fn)
+        case_json, update_json = payloads[d.id]
+        previous = _previous_error(d)
+        out.append(_Attempt(d, Delivery(
+            outbox_id=d.id, kind=d.kind, idempotency_key=d.idempotency_key, case=case_json,
+            update=update_json, attempt=d.attempts + 1, first_attempt_at=d.first_attempt_at,
+            previous_error=previous, remote_id=d.remote_id), attempt_at, previous))
+    hub.store.start_attempts([a.row.id for a in out], hub.worker_id, attempt_at)
+    return out
 
 
-def _record(hub: Hub, a: _Attempt, stats: DeliverStats, now_fn: Callable[[], datetime]) -> None:
-    """Record one outcome: receipt, retry or dead letter."""
+def _previous_error(d: ClaimedDelivery) -> dict[str, Any] | None:
+    previous = d.last_error
+    if d.attempts > int((previous or {}).get("attempt") or 0):
+        # an attempt was started but its outcome never recorded (a crash or a lost lease
+        # between the sink call and the receipt): the remote may have it already
+        previous = {**(previous or {}), "ambiguous_seen": True,
+                    "unrecorded_attempt": d.attempts}
+    return previous
+
+
+def _record(hub: Hub, a: _Attempt, stats: DeliverStats, now_fn: Callable[[], datetime],
+            receipts: list[Any] | None = None) -> None:
+    """Record one outcome: receipt (now, or appended to ``receipts``), retry or dead letter."""
     d, outcome = a.row, a.outcome
     if isinstance(outcome, DeliveryError):
         err = outcome.as_dict()
@@ -521,6 +562,9 @@ def _record(hub: Hub, a: _Attempt, stats: DeliverStats, now_fn: Callable[[], dat
     faults.point("after_sink_call")
     detail = dict(outcome.detail)
     detail["seconds"] = round(a.seconds, 6)
+    if receipts is not None:
+        receipts.append((d, outcome.remote_id, outcome.status_code, detail))
+        return
     hub.store.complete_delivery(d, remote_id=outcome.remote_id, status_code=outcome.status_code,
                                 detail=detail)
     stats.delivered += 1

@@ -410,28 +410,76 @@ class SqlStore:
                             "first_attempt_at = COALESCE(first_attempt_at, ?) "
                             "WHERE id = ? AND claimed_by = ?", (at_s, at_s, outbox_id, worker))
 
+    def start_attempts(self, ids: Sequence[int], worker: str, at: datetime | None = None
+                       ) -> None:
+        """Record that attempts are being made for several rows (one transaction)."""
+        at_s = ts(at or now_utc())
+        with self._write_tx() as cur:
+            cur.executemany(self._sql("UPDATE outbox SET attempts = attempts + 1, "
+                                      "last_attempt_at = ?, first_attempt_at = "
+                                      "COALESCE(first_attempt_at, ?) WHERE id = ? AND "
+                                      "claimed_by = ?"),
+                            [(at_s, at_s, i, worker) for i in ids])
+
+    def delivery_payloads(self, rows: Sequence[ClaimedDelivery]
+                          ) -> dict[int, tuple[dict[str, Any], dict[str, Any] | None]]:
+        """Case (and update) JSON for several claimed rows, read in one query each."""
+        case_ids = sorted({d.case_id for d in rows})
+        bodies: dict[str, Any] = {}
+        for i in range(0, len(case_ids), 500):
+            part = case_ids[i:i + 500]
+            for r in self.query(f"SELECT case_id, body FROM cases WHERE case_id IN "
+                                f"({','.join('?' * len(part))})", part):
+                bodies[r["case_id"]] = _loads(r["body"])
+        out: dict[int, tuple[dict[str, Any], dict[str, Any] | None]] = {}
+        for d in rows:
+            if d.case_id not in bodies:
+                continue
+            update = None
+            if d.kind == "update":
+                ev = self.query("SELECT data FROM case_events WHERE case_id = ? AND "
+                                "event_id = ?", (d.case_id, d.event_id))
+                update = _loads(ev[0]["data"]) if ev else None
+            out[d.id] = (bodies[d.case_id], update)
+        return out
+
+    def complete_deliveries(self, items: Sequence[tuple[ClaimedDelivery, str | None,
+                                                        int | None, dict[str, Any]]],
+                            at: datetime | None = None) -> None:
+        """Record several receipts in one transaction: (row, remote_id, status, detail)."""
+        if not items:
+            return
+        at_s = ts(at or now_utc())
+        with self._write_tx() as cur:
+            for d, remote_id, status_code, detail in items:
+                self._complete_in(cur, d, remote_id, status_code, detail, at_s)
+
     def complete_delivery(self, d: ClaimedDelivery, *, remote_id: str | None,
                           status_code: int | None, detail: dict[str, Any] | None = None,
                           at: datetime | None = None) -> None:
         """Record a receipt and mark the row delivered (one transaction)."""
         at_s = ts(at or now_utc())
         with self._write_tx() as cur:
-            self._exec(cur, "UPDATE outbox SET state = 'delivered', delivered_at = ?, "
-                            "remote_id = ?, claimed_by = NULL, claimed_until = NULL, "
-                            "last_error = NULL WHERE id = ?", (at_s, remote_id, d.id))
-            self._exec(cur, "INSERT INTO receipts (outbox_id, sink, case_id, idempotency_key, "
-                            "remote_id, status_code, at, detail) VALUES (?,?,?,?,?,?,?,?)",
-                       (d.id, d.sink, d.case_id, d.idempotency_key, remote_id, status_code, at_s,
-                        _dumps(detail or {})))
-            what = "delivered" if d.kind == "case" else "update delivered"
-            self._insert_event(cur, d.case_id, f"delivery:{d.id}", at_s, "delivered",
-                               f"{what} to {d.sink}" + (f" as {remote_id}" if remote_id else ""),
-                               {"sink": d.sink, "remote_id": remote_id, "kind": d.kind,
-                                "event_id": d.event_id, "status_code": status_code})
-            if d.kind == "case":
-                self._exec(cur, "UPDATE cases SET status = CASE WHEN status = 'new' THEN "
-                                "'delivered' ELSE status END, updated_at = ? WHERE case_id = ?",
-                           (at_s, d.case_id))
+            self._complete_in(cur, d, remote_id, status_code, detail or {}, at_s)
+
+    def _complete_in(self, cur: Any, d: ClaimedDelivery, remote_id: str | None,
+                     status_code: int | None, detail: dict[str, Any], at_s: str) -> None:
+        self._exec(cur, "UPDATE outbox SET state = 'delivered', delivered_at = ?, "
+                        "remote_id = ?, claimed_by = NULL, claimed_until = NULL, "
+                        "last_error = NULL WHERE id = ?", (at_s, remote_id, d.id))
+        self._exec(cur, "INSERT INTO receipts (outbox_id, sink, case_id, idempotency_key, "
+                        "remote_id, status_code, at, detail) VALUES (?,?,?,?,?,?,?,?)",
+                   (d.id, d.sink, d.case_id, d.idempotency_key, remote_id, status_code, at_s,
+                    _dumps(detail or {})))
+        what = "delivered" if d.kind == "case" else "update delivered"
+        self._insert_event(cur, d.case_id, f"delivery:{d.id}", at_s, "delivered",
+                           f"{what} to {d.sink}" + (f" as {remote_id}" if remote_id else ""),
+                           {"sink": d.sink, "remote_id": remote_id, "kind": d.kind,
+                            "event_id": d.event_id, "status_code": status_code})
+        if d.kind == "case":
+            self._exec(cur, "UPDATE cases SET status = CASE WHEN status = 'new' THEN "
+                            "'delivered' ELSE status END, updated_at = ? WHERE case_id = ?",
+                       (at_s, d.case_id))
 
     def retry_delivery(self, d: ClaimedDelivery, error: dict[str, Any],
                        next_attempt_at: datetime) -> None:

@@ -202,13 +202,13 @@ def test_crash_between_post_and_receipt_resends_with_the_same_key(tmp_path, cli,
     crashed = cli(cfg, "run", "--once", env={"FEEDBACK_HUB_CRASH_AT": "after_sink_call:4"})
     assert crashed.returncode == -9
     before = len(webhook.created)
-    assert before >= 4
+    assert before >= 4  # reached the receiver; receipts are committed per chunk, so none was
     res = cli(cfg, "run", "--once", "--json")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["deliver"]["delivered"] == GOOD - 3
+    assert json.loads(res.stdout)["deliver"]["delivered"] == GOOD
     # what reached the receiver before the crash came again with the same key: stored once
     assert len(webhook.created) == GOOD
-    assert webhook.redeliveries() == before - 3
+    assert webhook.redeliveries() == before
 
 
 def test_rows_are_released_rather_than_sent_after_the_lease(make_hub, webhook) -> None:
