@@ -12,9 +12,20 @@ mkdir -p .demo/inbox/forward .demo/out
 cp samples/forward/* .demo/inbox/forward/
 
 # complaints mailbox: a throwaway Dovecot (loopback, free port, its own CA) loaded with samples/mail
+cleanup() {
+  .venv/bin/python -m connectors.email.demo_server stop --state .demo/mail || true
+  .venv/bin/python -m connectors.iot.demo_replay stop --state .demo/mqtt || true
+}
+trap cleanup EXIT
 eval "$(.venv/bin/python -m connectors.email.demo_server start --state .demo/mail --load samples/mail)"
 export IMAP_DEMO=true
-trap '.venv/bin/python -m connectors.email.demo_server stop --state .demo/mail' EXIT
+
+# streetlights (mqtt): a throwaway Mosquitto on a free port; the recorded reports are replayed
+# through it after the hub's persistent session exists, as a field network would deliver them
+eval "$(.venv/bin/python -m connectors.iot.demo_replay start --state .demo/mqtt)"
+export MQTT_DEMO=true
+$HUB run --once --connector streetlights --stage ingest >/dev/null
+.venv/bin/python -m connectors.iot.demo_replay replay --port "$MQTT_PORT" samples/iot/reports.jsonl
 
 echo "== run --once"
 $HUB run --once

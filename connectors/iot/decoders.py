@@ -1,0 +1,246 @@
+"""Decoders: an MQTT message → a normalized device report (a plain dict).
+
+A report is ``{"device_id", "event_id", "time", "status", "faults", "cleared", "codes",
+"unknown_codes", "values", "decoder"}`` where ``status`` is fault, clear, heartbeat or
+telemetry. Anything that cannot be decoded raises :class:`DecodeError` and becomes a dead letter
+with the raw bytes; the connector goes on.
+
+Formats:
+
+* ``json``: any JSON object; field paths from the subscription's ``fields``.
+* ``chirpstack``: ChirpStack v4 ``event/up`` (``deviceInfo.devEui``, ``deduplicationId``,
+  ``time``, decoded ``object``, base64 ``data``).
+* ``tts``: The Things Stack v3 uplink (``end_device_ids.dev_eui``, ``correlation_ids``,
+  ``received_at``, ``uplink_message.decoded_payload``, ``uplink_message.f_cnt``).
+* ``function``: a user callable ``(topic, payload) -> dict`` for raw binary payloads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from connectors.iot.config import DecoderType, Subscription
+from normalizer.iot.faults import classify_codes
+
+
+class DecodeError(ValueError):
+    """The payload cannot be decoded into a device report."""
+
+
+_MISSING = object()
+
+
+def dig(obj: Any, path: str | None) -> Any:
+    """Follow a dotted path into nested dicts (None when any step is missing)."""
+    if path is None:
+        return _MISSING
+    cur = obj
+    for part in path.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        else:
+            return None
+    return cur
+
+
+_UTC_ISO = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|\+00:00)$")
+
+
+def parse_time(value: Any) -> str | None:
+    """Normalize a report time to ISO 8601 UTC with microseconds (naive times are UTC).
+
+    LoRaWAN servers write UTC with nanoseconds (``2026-11-24T20:01:02.123456789Z``); that
+    common form is rewritten by a regular expression, everything else goes through datetime.
+    """
+    if value in (None, ""):
+        return None
+    if isinstance(value, str):
+        m = _UTC_ISO.match(value)
+        if m is not None:
+            frac = (m.group(2) or "")[:6].ljust(6, "0")
+            return f"{m.group(1)}.{frac}+00:00"
+    if isinstance(value, bool):
+        raise DecodeError(f"time: expected ISO 8601 or epoch seconds, got {value!r}")
+    if isinstance(value, (int, float)):
+        secs = float(value) / (1000.0 if value > 1e11 else 1.0)  # epoch ms from some devices
+        return datetime.fromtimestamp(secs, timezone.utc).isoformat(timespec="microseconds")
+    if isinstance(value, str):
+        text = value.strip().replace("Z", "+00:00")
+        # Go/ChirpStack/TTS emit nanoseconds; Python takes microseconds
+        if "." in text:
+            head, _, rest = text.partition(".")
+            digits = "".join(ch for ch in rest if ch.isdigit())
+            tail = rest[len(digits):]
+            text = f"{head}.{digits[:6]}{tail}"
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise DecodeError(f"time: not an ISO 8601 time: {value!r}") from exc
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    raise DecodeError(f"time: expected ISO 8601 or epoch seconds, got {type(value).__name__}")
+
+
+def _codes(value: Any) -> list[str]:
+    if value is None or value is _MISSING or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if v not in (None, "")]
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, bool):
+        return ["lamp_failure"] if value else ["clear"]
+    raise DecodeError(f"fault: expected a code or a list of codes, got {type(value).__name__}")
+
+
+def _ident(value: Any, what: str) -> str:
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+        text = str(value).strip()
+        if len(text) > 200:
+            raise DecodeError(f"{what}: longer than 200 characters")
+        return text
+    raise DecodeError(f"{what}: missing or not a string")
+
+
+def _object(payload: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            raise DecodeError(f"payload is not UTF-8 text: {uexc.reason} at byte "
+                              f"{uexc.start}") from exc
+        raise DecodeError(f"payload is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise DecodeError(f"payload: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+class Decoder:
+    """Decodes the messages of one subscription."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self.sub = sub
+        self.kind = sub.decoder
+        self.fn: Callable[[str, bytes], dict[str, Any]] | None = None
+        if sub.decoder is DecoderType.function:
+            self.fn = load_function(sub.function or "")
+
+    def decode(self, topic: str, payload: bytes) -> dict[str, Any]:
+        """Decode one message (raises DecodeError)."""
+        f = self.sub.fields
+        if self.kind is DecoderType.chirpstack:
+            doc = _object(payload)
+            info = doc.get("deviceInfo")
+            if not isinstance(info, dict):
+                raise DecodeError("not a ChirpStack v4 uplink event: no deviceInfo object")
+            device = _ident(dig(doc, f.device_id) if f.device_id else info.get("devEui"),
+                            "deviceInfo.devEui")
+            event_id = dig(doc, f.event_id) if f.event_id else doc.get("deduplicationId")
+            obj = doc.get("object") if isinstance(doc.get("object"), dict) else {}
+            time_v = dig(doc, f.time) if f.time else doc.get("time")
+            base = obj
+            extra = {"fCnt": doc.get("fCnt"), "fPort": doc.get("fPort")}
+            if not obj and doc.get("data"):
+                extra["data"] = doc.get("data")
+        elif self.kind is DecoderType.tts:
+            doc = _object(payload)
+            ids = doc.get("end_device_ids")
+            up = doc.get("uplink_message")
+            if not isinstance(ids, dict) or not isinstance(up, dict):
+                raise DecodeError("not a The Things Stack v3 uplink: no end_device_ids / "
+                                  "uplink_message")
+            device = _ident(dig(doc, f.device_id) if f.device_id else
+                            (ids.get("dev_eui") or ids.get("device_id")), "end_device_ids.dev_eui")
+            if f.event_id:
+                event_id = dig(doc, f.event_id)
+            else:
+                corr = [c for c in doc.get("correlation_ids") or []
+                        if isinstance(c, str) and c.startswith("as:up:")]
+                # f_cnt restarts on re-join, so it only counts together with the time
+                event_id = corr[0] if corr else (
+                    f"{up.get('f_cnt', 0)}@{doc.get('received_at') or up.get('received_at')}"
+                    if (doc.get("received_at") or up.get("received_at")) else None)
+            obj = up.get("decoded_payload") if isinstance(up.get("decoded_payload"), dict) else {}
+            time_v = dig(doc, f.time) if f.time else (doc.get("received_at")
+                                                       or up.get("received_at"))
+            base = obj
+            extra = {"f_cnt": up.get("f_cnt"), "f_port": up.get("f_port")}
+            if not obj and up.get("frm_payload"):
+                extra["frm_payload"] = up.get("frm_payload")
+        elif self.kind is DecoderType.function:
+            assert self.fn is not None
+            try:
+                out = self.fn(topic, payload)
+            except DecodeError:
+                raise
+            except Exception as exc:
+                raise DecodeError(f"decoder {self.sub.function} failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            if not isinstance(out, dict):
+                raise DecodeError(f"decoder {self.sub.function} returned "
+                                  f"{type(out).__name__}, expected a dict")
+            device = _ident(out.get("device_id"), "device_id")
+            event_id, time_v, base, extra = out.get("event_id"), out.get("time"), out, {}
+            codes = _codes(out.get("fault", out.get("codes")))
+            values = out.get("values") if isinstance(out.get("values"), dict) else {}
+            return self._report(device, event_id, time_v, codes, values, extra)
+        else:
+            doc = _object(payload)
+            device = _ident(dig(doc, f.device_id or "device_id"), f.device_id or "device_id")
+            event_id = dig(doc, f.event_id or "event_id")
+            time_v = dig(doc, f.time or "time")
+            base, extra = doc, {}
+        codes = _codes(dig(base, f.fault or "fault"))
+        if f.values:
+            values = dig(base, f.values)
+        elif self.kind is DecoderType.json:
+            values = doc.get("values")
+        else:
+            values = {k: v for k, v in base.items() if k != (f.fault or "fault")}
+        if values is not None and not isinstance(values, dict):
+            raise DecodeError(f"values: expected an object, got {type(values).__name__}")
+        return self._report(device, event_id, time_v, codes, values or {}, extra)
+
+    def _report(self, device: str, event_id: Any, time_v: Any, codes: list[str],
+                values: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        if event_id is not None and not isinstance(event_id, (str, int)):
+            raise DecodeError("event_id: expected a string or an integer")
+        c = classify_codes(codes, self.sub.codes, bool(values))
+        report = {"device_id": device,
+                  "event_id": str(event_id) if event_id not in (None, "") else None,
+                  "time": parse_time(time_v), "status": c.status, "faults": c.faults,
+                  "cleared": c.cleared, "codes": codes, "decoder": self.kind.value}
+        if c.status != "heartbeat" and c.status != "telemetry":
+            # only faults and clears need their values later; telemetry stays in the raw text
+            report["values"] = values
+        if c.unknown:
+            report["unknown_codes"] = c.unknown
+        lora = {k: v for k, v in extra.items() if v is not None}
+        if lora:
+            report["lorawan"] = lora
+        return report
+
+
+def load_function(path: str) -> Callable[[str, bytes], dict[str, Any]]:
+    """Import a user decoder ``"package.module:callable"``.
+
+    Raises:
+        ValueError: naming the path when it cannot be imported or is not callable.
+    """
+    module, _, attr = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"decoder function {path!r} cannot be imported: {exc}") from exc
+    if not callable(fn):
+        raise ValueError(f"decoder function {path!r} is not callable")
+    return fn  # type: ignore[no-any-return]

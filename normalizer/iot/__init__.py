@@ -1,0 +1,1 @@
+"""IoT semantics: device registry, the TALQ-style fault model and fault episodes."""
