@@ -83,7 +83,7 @@ def _table(model: type[BaseModel], prefix: str = "", skip: tuple[str, ...] = ())
             desc = ComponentConfig.model_fields[name].description
         out.append(f"| `{prefix}{name}` | {_type_name(field.annotation)} | {_default(field)} | "
                    f"{(desc or '').replace('|', '/')} |")
-    return out + [""]
+    return [*out, ""]
 
 
 def render() -> str:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from fastapi.testclient import TestClient
+import uvicorn
 
 from hub.config import load_config
 from hub.pipeline import Hub
@@ -31,11 +34,31 @@ def server_hub(tmp_path: Path) -> Iterator[Hub]:
     hub.close()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture
-def client(server_hub: Hub) -> Iterator[TestClient]:
+def client(server_hub: Hub) -> Iterator[httpx.Client]:
+    """A real uvicorn server on a free loopback port, and an HTTP client talking to it."""
     app = create_app(server_hub.config, hub=server_hub)
-    with TestClient(app) as c:
-        yield c
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            yield c
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def signed(doc: Any, *, secret: str = SECRET, key_id: str = KEY_ID, now: float | None = None,
