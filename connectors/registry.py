@@ -7,10 +7,10 @@ has a ``Config`` attribute (a :class:`~hub.config_types.ComponentConfig` subclas
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from hub.config_types import ComponentConfig
+from hub.plugins import load_type
 
 CONNECTOR_TYPES: dict[str, str] = {
     "jsonfile": "connectors.jsonfile:JsonFileConnector",
@@ -25,11 +25,7 @@ def connector_class(type_name: Any) -> Any:
     Raises:
         KeyError: with a message listing the known types.
     """
-    if not isinstance(type_name, str) or type_name not in CONNECTOR_TYPES:
-        known = ", ".join(sorted(CONNECTOR_TYPES))
-        raise KeyError(f"unknown connector type {type_name!r} (known: {known})")
-    module, _, attr = CONNECTOR_TYPES[type_name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return load_type(CONNECTOR_TYPES, "connector", type_name)
 
 
 def connector_config_model(type_name: Any) -> type[ComponentConfig]:

@@ -71,13 +71,7 @@ class BlobStore:
                 out.flush()
                 os.fsync(out.fileno())
             sha = digest.hexdigest()
-            final = self.path(sha)
-            if final.is_file():
-                os.unlink(tmp_name)
-            else:
-                _make_dirs(final.parent)
-                os.replace(tmp_name, final)
-                _fsync_dir(final.parent)
+            self._install(tmp_name, sha)
         except BaseException:
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
@@ -94,22 +88,29 @@ class BlobStore:
     ) -> BlobRef:
         """Store bytes already in memory (small payloads)."""
         sha = hashlib.sha256(data).hexdigest()
-        final = self.path(sha)
-        if not final.is_file():
+        if not self.path(sha).is_file():
             fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="blob-")
             try:
                 with os.fdopen(fd, "wb") as out:
                     out.write(data)
                     out.flush()
                     os.fsync(out.fileno())
-                _make_dirs(final.parent)
-                os.replace(tmp_name, final)
-                _fsync_dir(final.parent)
+                self._install(tmp_name, sha)
             except BaseException:
                 if os.path.exists(tmp_name):
                     os.unlink(tmp_name)
                 raise
         return BlobRef(sha256=sha, mime=mime, size=len(data), filename=filename, role=role)
+
+    def _install(self, tmp_name: str, sha: str) -> None:
+        """Move a fsynced temp file to its content address (or drop it if already there)."""
+        final = self.path(sha)
+        if final.is_file():
+            os.unlink(tmp_name)
+            return
+        _make_dirs(final.parent)
+        os.replace(tmp_name, final)
+        _fsync_dir(final.parent)
 
     def put_file(self, path: str | os.PathLike[str], **kwargs: object) -> BlobRef:
         """Stream a file on disk into the store."""

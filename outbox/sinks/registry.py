@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from hub.config_types import ComponentConfig
+from hub.plugins import load_type
 
 SINK_TYPES: dict[str, str] = {
     "jsonl": "outbox.sinks.jsonl:JsonlSink",
@@ -20,11 +20,7 @@ def sink_class(type_name: Any) -> Any:
     Raises:
         KeyError: with a message listing the known types.
     """
-    if not isinstance(type_name, str) or type_name not in SINK_TYPES:
-        known = ", ".join(sorted(SINK_TYPES))
-        raise KeyError(f"unknown sink type {type_name!r} (known: {known})")
-    module, _, attr = SINK_TYPES[type_name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return load_type(SINK_TYPES, "sink", type_name)
 
 
 def sink_config_model(type_name: Any) -> type[ComponentConfig]:
