@@ -16,7 +16,7 @@ from pydantic_core import PydanticUndefined
 from connectors.registry import CONNECTOR_TYPES, connector_class
 from hub import config as cfgmod
 from hub.config_types import ComponentConfig
-from normalizer.schema_doc import _type_name
+from normalizer.schema_doc import _type_name, write_doc
 from outbox.sinks.registry import SINK_TYPES, sink_class
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -128,12 +128,7 @@ def render() -> str:
 
 def main() -> None:
     """Write docs/configuration.md (or print it with ``-``)."""
-    text = render()
-    if sys.argv[1:] == ["-"]:
-        sys.stdout.write(text)
-    else:
-        DOC.write_text(text, encoding="utf-8")
-        print(f"wrote {DOC}")
+    write_doc(DOC, render(), sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from hub.routing import route
 from normalizer.case import CaseUpdate
 from normalizer.mappers import build_mapper
 from normalizer.mapping import Enricher, Mapper, MappingError, MapResult
+from normalizer.similarity import fingerprint
 from outbox.blobs import BlobStore
 from outbox.sinks.base import Delivery, DeliveryError, Sink
 from outbox.sinks.registry import sink_class
@@ -218,7 +219,6 @@ def process(hub: Hub, *, limit: int | None = None, sources: Sequence[str] | None
     batch_size = hub.config.process.batch_size
     sink_names = hub.sink_names()
     enrichers = hub.enrichers
-    fingerprint = _fingerprint_fn()
     after_id = 0
     total = None
     if progress:
@@ -244,7 +244,7 @@ def process(hub: Hub, *, limit: int | None = None, sources: Sequence[str] | None
                             stats.ignored_reasons[reason.split(":")[0]] += 1
                             continue
                         case_id = _apply(hub, tx, result, stored.id, stats, sink_names,
-                                         enrichers, fingerprint)
+                                         enrichers)
                         tx.mark_raw(stored.id, "processed", None, case_id)
                 except Exception as exc:
                     expected = isinstance(exc, MappingError)
@@ -273,8 +273,7 @@ def process(hub: Hub, *, limit: int | None = None, sources: Sequence[str] | None
 
 
 def _apply(hub: Hub, tx: Any, result: MapResult, raw_id: int | None, stats: ProcessStats,
-           sink_names: list[str], enrichers: list[Enricher],
-           fingerprint: Callable[[str], str] | None) -> str | None:
+           sink_names: list[str], enrichers: list[Enricher]) -> str | None:
     """Enrich, route and save what a mapper returned; return the case id it concerns."""
     case_id = None
     if result.case is not None:
@@ -282,8 +281,8 @@ def _apply(hub: Hub, tx: Any, result: MapResult, raw_id: int | None, stats: Proc
         for enricher in enrichers:
             enricher.enrich(case, tx)
         sinks = route(case, hub.config.routing, sink_names)
-        fp = fingerprint(f"{case.title}\n{case.description}") if fingerprint else None
-        case, is_new = tx.save_case(case, raw_id, sinks, result.index_keys, fp)
+        case, is_new = tx.save_case(case, raw_id, sinks, result.index_keys,
+                                    fingerprint(f"{case.title}\n{case.description}"))
         case_id = case.case_id
         if is_new:
             stats.cases_new += 1
@@ -312,8 +311,7 @@ def sweep(hub: Hub, stats: ProcessStats | None = None) -> ProcessStats:
         try:
             with hub.store.process_tx() as tx:
                 for result in mapper.sweep(tx):
-                    _apply(hub, tx, result, None, stats, sink_names, hub.enrichers,
-                           _fingerprint_fn())
+                    _apply(hub, tx, result, None, stats, sink_names, hub.enrichers)
         except Exception:
             logger.error("sweep failed", extra={"source": cfg.name}, exc_info=True)
     return stats
@@ -322,14 +320,6 @@ def sweep(hub: Hub, stats: ProcessStats | None = None) -> ProcessStats:
 def _save_update(tx: Any, upd: CaseUpdate, stats: ProcessStats) -> None:
     if tx.save_update(upd, tx.case_sinks(upd.case_id)):
         stats.updates += 1
-
-
-def _fingerprint_fn() -> Callable[[str], str] | None:
-    try:
-        from normalizer.similarity import fingerprint
-    except ImportError:
-        return None
-    return fingerprint  # type: ignore[no-any-return]
 
 
 # ==================================================================== deliver
@@ -417,33 +407,6 @@ class _Attempt:
     previous: dict[str, Any] | None
     outcome: Any = None
     seconds: float = 0.0
-
-
-def _prepare(hub: Hub, d: ClaimedDelivery, stats: DeliverStats,
-             now_fn: Callable[[], datetime]) -> _Attempt | None:
-    """Load the payload and record the attempt (None when the case is gone: dead letter)."""
-    store = hub.store
-    try:
-        case_json, update_json = store.delivery_payload(d)
-    except LookupError as exc:
-        reason = str(exc)
-        store.fail_delivery(d, {"reason": reason, "retryable": False}, reason)
-        stats.dead += 1
-        stats.dead_reasons.append(reason)
-        return None
-    attempt_at = now_fn()
-    previous = d.last_error
-    if d.attempts > int((previous or {}).get("attempt") or 0):
-        # an attempt was started but its outcome never recorded (a crash or a lost lease
-        # between the sink call and the receipt): the remote may have it already
-        previous = {**(previous or {}), "ambiguous_seen": True,
-                    "unrecorded_attempt": d.attempts}
-    store.start_attempt(d.id, hub.worker_id, attempt_at)
-    delivery = Delivery(outbox_id=d.id, kind=d.kind, idempotency_key=d.idempotency_key,
-                        case=case_json, update=update_json, attempt=d.attempts + 1,
-                        first_attempt_at=d.first_attempt_at,
-                        previous_error=previous, remote_id=d.remote_id)
-    return _Attempt(d, delivery, attempt_at, previous)
 
 
 def _call(sink: Sink, attempts: list[_Attempt]) -> None:
@@ -574,11 +537,9 @@ def _record(hub: Hub, a: _Attempt, stats: DeliverStats, now_fn: Callable[[], dat
 def deliver_one(hub: Hub, d: ClaimedDelivery, stats: DeliverStats,
                 now_fn: Callable[[], datetime] = now_utc) -> None:
     """Attempt one claimed delivery and record the outcome."""
-    a = _prepare(hub, d, stats, now_fn)
-    if a is None:
-        return
-    _call(hub.sink(d.sink), [a])
-    _record(hub, a, stats, now_fn)
+    for a in _prepare_many(hub, [d], stats, now_fn):  # empty when the case is gone
+        _call(hub.sink(d.sink), [a])
+        _record(hub, a, stats, now_fn)
 
 
 def _failed(hub: Hub, d: ClaimedDelivery, err: dict[str, Any], retryable: bool,

@@ -184,14 +184,18 @@ def example_case() -> dict[str, Any]:
     return case.model_dump(mode="json")
 
 
-def main() -> None:
-    """Write docs/case-schema.md (or print it with ``-``)."""
-    text = render(example_case())
-    if sys.argv[1:] == ["-"]:
+def write_doc(path: Path, text: str, argv: list[str]) -> None:
+    """Write a generated page, or print it when the only argument is ``-``."""
+    if argv == ["-"]:
         sys.stdout.write(text)
     else:
-        DOC.write_text(text, encoding="utf-8")
-        print(f"wrote {DOC}")
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+
+
+def main() -> None:
+    """Write docs/case-schema.md (or print it with ``-``)."""
+    write_doc(DOC, render(example_case()), sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -60,6 +60,27 @@ def cli() -> CliRunner:
     return run
 
 
+def wait_for(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Poll ``pred`` every 0.1 s until it holds or ``timeout`` seconds pass."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def jsonl_lines(path: Path) -> list[dict[str, Any]]:
     """Parse a jsonl sink file."""
     import json

@@ -402,14 +402,6 @@ class SqlStore:
         logger.warning("expired leases of crashed workers", extra={"workers": dead, "rows": n})
         return int(n)
 
-    def start_attempt(self, outbox_id: int, worker: str, at: datetime | None = None) -> None:
-        """Record that an attempt is being made (before calling the sink)."""
-        at_s = ts(at or now_utc())
-        with self._write_tx() as cur:
-            self._exec(cur, "UPDATE outbox SET attempts = attempts + 1, last_attempt_at = ?, "
-                            "first_attempt_at = COALESCE(first_attempt_at, ?) "
-                            "WHERE id = ? AND claimed_by = ?", (at_s, at_s, outbox_id, worker))
-
     def start_attempts(self, ids: Sequence[int], worker: str, at: datetime | None = None
                        ) -> None:
         """Record that attempts are being made for several rows (one transaction)."""
@@ -509,19 +501,6 @@ class SqlStore:
                             "ELSE 'retrying' END, claimed_by = NULL, claimed_until = NULL "
                             "WHERE id = ? AND state = 'in_flight'", (d.id,))
 
-    def delivery_payload(self, d: ClaimedDelivery) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """The case JSON (and the update JSON for updates) to send."""
-        rows = self.query("SELECT body FROM cases WHERE case_id = ?", (d.case_id,))
-        if not rows:
-            raise LookupError(f"case {d.case_id} not found")
-        update = None
-        if d.kind == "update":
-            ev = self.query("SELECT data FROM case_events WHERE case_id = ? AND event_id = ?",
-                            (d.case_id, d.event_id))
-            update = _loads(ev[0]["data"]) if ev else None
-        return _loads(rows[0]["body"]), update
-
-    # ------------------------------------------------------------------ operator views
     def connector_stats(self) -> list[dict[str, Any]]:
         """Per-source counters and last run outcome, with checkpoints."""
         rows = self.query("SELECT s.*, c.value AS checkpoint FROM connector_stats s "

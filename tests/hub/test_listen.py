@@ -6,19 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.conftest import REPO, jsonl_lines, write_config
-
-
-def wait_for(pred, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
+from tests.conftest import REPO, jsonl_lines, wait_for, write_config
 
 
 def test_listen_delivers_new_files_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

@@ -6,25 +6,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from connectors.iot.demo_replay import Mosquitto
-from tests.conftest import REPO, jsonl_lines
+from tests.conftest import REPO, jsonl_lines, wait_for
 from tests.iot.conftest import report, send, write_hub_config
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(pred, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_listen_turns_reports_into_cases_and_stops_on_sigterm(tmp_path: Path,
@@ -40,9 +30,9 @@ def test_listen_turns_reports_into_cases_and_stops_on_sigterm(tmp_path: Path,
                             stderr=subprocess.PIPE, text=True)
     try:
         send(broker, [report("SL-004", 1, "E01"), report("SL-004", 2, "E01")])
-        assert wait_for(lambda: len(jsonl_lines(out)) == 1), proc.stderr
+        assert wait_for(lambda: len(jsonl_lines(out)) == 1, timeout=30), proc.stderr
         send(broker, [report("SL-004", 3, "OK")])
-        assert wait_for(lambda: len(jsonl_lines(out)) == 2)
+        assert wait_for(lambda: len(jsonl_lines(out)) == 2, timeout=30)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from hub.config import load_config
 from hub.pipeline import Hub
 from hub.server.app import create_app
 from outbox.sinks.signing import sign_headers
-from tests.conftest import write_config
+from tests.conftest import free_port, write_config
 
 KEY_ID = "city-app"
 SECRET = "k3y-for-tests-0123456789abcdef"
@@ -34,17 +33,11 @@ def server_hub(tmp_path: Path) -> Iterator[Hub]:
     hub.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def client(server_hub: Hub) -> Iterator[httpx.Client]:
     """A real uvicorn server on a free loopback port, and an HTTP client talking to it."""
     app = create_app(server_hub.config, hub=server_hub)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,22 +12,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO, free_port, write_config
 from tests.delivery.receivers import WebhookReceiver
 from tests.server.conftest import KEY_ID, SECRET, record, signed
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_intake_then_delivery(tmp_path: Path, cli) -> None:
     with WebhookReceiver() as hook:
-        port = _free_port()
+        port = free_port()
         cfg = write_config(tmp_path, sinks=[{"name": "workorders", "type": "webhook",
                                              "url": hook.url, "secret": hook.secret}],
                            server={"port": port, "hmac_secrets": {KEY_ID: SECRET}})
