@@ -7,6 +7,7 @@ meaning, straight from the pydantic models; a test keeps the checked-in page cur
 from __future__ import annotations
 
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +80,26 @@ def _table(model: type[BaseModel], prefix: str = "", skip: tuple[str, ...] = ())
         if name in skip or field.exclude:
             continue
         desc = field.description
-        if not desc and name in ComponentConfig.model_fields:
+        if not desc and issubclass(model, ComponentConfig) and name in ComponentConfig.model_fields:
             desc = ComponentConfig.model_fields[name].description
         out.append(f"| `{prefix}{name}` | {_type_name(field.annotation)} | {_default(field)} | "
                    f"{(desc or '').replace('|', '/')} |")
+        sub = _section_model(field.annotation)
+        if sub is not None:  # a nested section: its keys follow, with the full path
+            section, keyed = sub
+            out += _table(section, f"{prefix}{name}.{'<key>.' if keyed else ''}")[2:-1]
     return [*out, ""]
+
+
+def _section_model(annotation: Any) -> tuple[type[BaseModel], bool] | None:
+    """The model of a nested section (``Model``, ``Model | None`` or ``dict[str, Model]``) and
+    whether it sits under a key of a mapping; None for plain values."""
+    keyed = typing.get_origin(annotation) is dict
+    args = typing.get_args(annotation)
+    for c in (annotation, *(args[1:] if keyed else args)):
+        if isinstance(c, type) and issubclass(c, BaseModel):
+            return c, keyed
+    return None
 
 
 def render() -> str:

@@ -25,7 +25,7 @@ POLICIES = ("simple", "ordinary", "major", "emergency")
 class LinkingConfig(StrictModel):
     """Repeat, duplicate and related-case linking."""
 
-    enabled: bool = True
+    enabled: bool = Field(default=True, description="false: no repeat / duplicate linking.")
     radius_m: float = Field(default=50.0, gt=0, description="Same place within this distance.")
     window: Duration = Field(default=30 * 86400, description="Look back this far (e.g. 30d).")
     related_threshold: float = Field(default=0.2, ge=0, le=1,

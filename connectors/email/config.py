@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from hub.config_types import ByteSize, ComponentConfig, Duration
+from hub.config_types import ByteSize, ComponentConfig, Duration, StrictModel
 from normalizer.case import Channel
 
 
@@ -24,6 +24,25 @@ class AfterCommit(str, Enum):
 
     move = "move"  # MOVE to processed_folder (COPY + \\Deleted + UID EXPUNGE without MOVE)
     seen = "seen"  # flag \\Seen and leave it in the folder
+
+
+class OAuth2Config(StrictModel):
+    """XOAUTH2 with access tokens refreshed from the provider's token endpoint."""
+
+    token_url: str = Field(pattern=r"^https?://", description="The provider's OAuth2 token "
+                           "endpoint, e.g. https://login.microsoftonline.com/<tenant>/oauth2/"
+                           "v2.0/token or https://oauth2.googleapis.com/token.")
+    client_id: str = Field(min_length=1, description="The registered application's client id.")
+    client_secret: SecretStr | None = Field(default=None, description="Its client secret, "
+                                            "from the environment (omit for public clients).")
+    refresh_token: SecretStr = Field(description="Refresh token granted to the mailbox "
+                                     "account: ${IMAP_OAUTH2_REFRESH_TOKEN}.")
+    scope: str | None = Field(default=None, description="Scope to ask for (Microsoft: "
+                              "https://outlook.office365.com/IMAP.AccessAsUser.All "
+                              "offline_access).")
+    ca_file: str | None = Field(default=None, description="PEM CA bundle for the token "
+                                "endpoint (default: the system's CAs).")
+    timeout: Duration = Field(default=30.0, description="HTTP timeout of a token request.")
 
 
 class ImapConfig(ComponentConfig):
@@ -45,7 +64,11 @@ class ImapConfig(ComponentConfig):
                                        description="Password, from the environment: "
                                                    "${IMAP_PASSWORD}.")
     oauth2_token: SecretStr | None = Field(default=None, description="XOAUTH2 access token "
-                                           "instead of a password: ${IMAP_OAUTH2_TOKEN}.")
+                                           "instead of a password: ${IMAP_OAUTH2_TOKEN} "
+                                           "(fixed; use oauth2 to refresh it).")
+    oauth2: OAuth2Config | None = Field(default=None, description="XOAUTH2 with tokens "
+                                        "refreshed from a token endpoint (instead of a "
+                                        "password or oauth2_token).")
     folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1,
                                description="Folders to read, in order.")
     after_commit: AfterCommit = Field(default=AfterCommit.move,
@@ -88,8 +111,12 @@ class ImapConfig(ComponentConfig):
 
     @model_validator(mode="after")
     def _check(self) -> ImapConfig:
-        if self.password is None and self.oauth2_token is None:
-            raise ValueError("set password (e.g. ${IMAP_PASSWORD}) or oauth2_token")
+        given = [k for k in ("password", "oauth2_token", "oauth2") if getattr(self, k) is not None]
+        if not given:
+            raise ValueError("set password (e.g. ${IMAP_PASSWORD}), oauth2_token or oauth2")
+        if len(given) > 1:
+            raise ValueError(f"set only one of password, oauth2_token and oauth2 (got "
+                             f"{' and '.join(given)})")
         if self.idle_renew > 25 * 60:
             raise ValueError("idle_renew: must be at most 25m (servers end IDLE after 30 min)")
         if self.after_commit is AfterCommit.move and self.processed_folder in self.folders:

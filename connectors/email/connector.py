@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 from connectors.base import IngestContext, RawRecord, Reject, ReparseError, SourceBatch
 from connectors.email.config import AfterCommit, ImapConfig
 from connectors.email.imap import ImapSession, is_connection_error
+from connectors.email.oauth2 import token_source
 from hub import faults
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class ImapConnector:
         self.channel = config.channel
         self.blobs = blobs
         self.session: ImapSession | None = None
+        self.tokens = token_source(config)  # XOAUTH2 tokens outlive sessions
         self._ensured: set[str] = set()
         self._lock: tuple[Any, str] | None = None
         self._lock_renewed = 0.0
@@ -156,7 +158,7 @@ class ImapConnector:
             except Exception:
                 self._drop_session()
         if self.session is None or self.session.client is None:
-            self.session = ImapSession(self.config).connect()
+            self.session = ImapSession(self.config, tokens=self.tokens).connect()
             self.session.c.normalise_times = False  # INTERNALDATE as tz-aware datetimes
             self._ensured.clear()
         return self.session

@@ -18,6 +18,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
 from connectors.email.config import ImapConfig, TlsMode
+from connectors.email.oauth2 import TokenError, TokenSource, token_source
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ def ssl_context(config: ImapConfig) -> ssl.SSLContext:
 class ImapSession:
     """One logged-in connection to the mailbox."""
 
-    def __init__(self, config: ImapConfig) -> None:
+    def __init__(self, config: ImapConfig, tokens: TokenSource | None = None) -> None:
         self.config = config
+        self.tokens = tokens if tokens is not None else token_source(config)
         self.client: IMAPClient | None = None
         self.selected: str | None = None
         self.uidvalidity: int | None = None
@@ -95,15 +97,7 @@ class ImapSession:
                 except ssl.SSLError as exc:
                     raise ImapError(f"STARTTLS with {where} failed: {exc.reason or exc}"
                                     ) from None
-            try:
-                if cfg.oauth2_token is not None:
-                    client.oauth2_login(cfg.username, cfg.oauth2_token.get_secret_value())
-                else:
-                    assert cfg.password is not None
-                    client.login(cfg.username, cfg.password.get_secret_value())
-            except LoginError as exc:
-                raise ImapError(f"login to {where} as {cfg.username} refused: "
-                                f"{_strip_secret(str(exc), cfg)}") from None
+            self._login(client, where)
             self.capabilities = {c.upper() for c in client.capabilities()}
         except BaseException:
             try:
@@ -115,6 +109,33 @@ class ImapSession:
         logger.info("IMAP connected", extra={"source": cfg.name, "host": cfg.host,
                                              "tls": cfg.tls.value})
         return self
+
+    def _login(self, client: IMAPClient, where: str) -> None:
+        cfg = self.config
+        extra = self.tokens.secrets() if self.tokens is not None else []
+        try:
+            if self.tokens is not None:
+                reused = self.tokens.cached
+                try:
+                    client.oauth2_login(cfg.username, self.tokens.token())
+                except LoginError:
+                    if not reused:
+                        raise
+                    # a cached token can be revoked before it expires: one fresh try
+                    logger.info("IMAP refused a cached OAuth2 token; refreshing it",
+                                extra={"source": cfg.name, "host": cfg.host})
+                    client.oauth2_login(cfg.username, self.tokens.token(force=True))
+            elif cfg.oauth2_token is not None:
+                client.oauth2_login(cfg.username, cfg.oauth2_token.get_secret_value())
+            else:
+                assert cfg.password is not None
+                client.login(cfg.username, cfg.password.get_secret_value())
+        except TokenError as exc:
+            raise ImapError(f"login to {where} as {cfg.username} impossible: "
+                            f"{_strip_secret(str(exc), cfg, extra)}") from None
+        except LoginError as exc:
+            raise ImapError(f"login to {where} as {cfg.username} refused: "
+                            f"{_strip_secret(str(exc), cfg, extra)}") from None
 
     def has(self, capability: str) -> bool:
         """Whether the server announced a capability."""
@@ -232,10 +253,11 @@ def _cert_message(where: str, exc: ssl.SSLCertVerificationError) -> str:
             f"signed it, or, only for testing, tls_verify: false")
 
 
-def _strip_secret(text: str, cfg: ImapConfig) -> str:
-    for secret in (cfg.password, cfg.oauth2_token):
-        if secret is not None and secret.get_secret_value():
-            text = text.replace(secret.get_secret_value(), "***")
+def _strip_secret(text: str, cfg: ImapConfig, extra: Sequence[str] = ()) -> str:
+    secrets = [s.get_secret_value() for s in (cfg.password, cfg.oauth2_token) if s is not None]
+    for secret in [*secrets, *extra]:
+        if secret:
+            text = text.replace(secret, "***")
     return text
 
 
