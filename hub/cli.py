@@ -186,7 +186,8 @@ def summary_dict(summary: Any, hub: Any) -> dict[str, Any]:
         "process": {"records": summary.process.seen, "cases_new": summary.process.cases_new,
                     "updates": summary.process.updates, "ignored": summary.process.ignored,
                     "failed": summary.process.failed, "kinds": dict(summary.process.kinds),
-                    "ignored_reasons": dict(summary.process.ignored_reasons)},
+                    "ignored_reasons": dict(summary.process.ignored_reasons),
+                    "busy": summary.process.busy},
         "deliver": {"delivered": summary.deliver.delivered, "retried": summary.deliver.retried,
                     "dead": summary.deliver.dead, "by_sink": dict(summary.deliver.by_sink)},
         "status_sync": None if summary.status is None else {
@@ -213,8 +214,13 @@ def print_summary(summary: Any, hub: Any, as_json: bool = False) -> None:
         out.print(t)
     p = data["process"]
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(p["kinds"].items())) or "-"
-    out.print(f"Processed {p['records']} record(s): {p['cases_new']} new case(s) ({kinds}), "
-              f"{p['updates']} update(s), {p['ignored']} ignored, {p['failed']} failed")
+    if p["busy"]:
+        out.print(f"Process stage skipped: another worker ({p['busy']}) is processing; it "
+                  "handles the pending records", markup=False)
+    else:
+        out.print(f"Processed {p['records']} record(s): {p['cases_new']} new case(s) "
+                  f"({kinds}), {p['updates']} update(s), {p['ignored']} ignored, "
+                  f"{p['failed']} failed")
     d = data["deliver"]
     sinks = ", ".join(f"{k} {v}" for k, v in sorted(d["by_sink"].items())) or "-"
     out.print(f"Delivered {d['delivered']} ({sinks}), {d['retried']} to retry, "
@@ -483,7 +489,7 @@ def dl_replay(c: Ctx, dl_id: int | None, replay_all: bool, stage: str | None,
             if dl_id is not None and "no dead letter" in str(exc):
                 raise SystemExit(EXIT_NOT_FOUND) from exc
     if not no_run and len(ids) > failures:
-        p = process(hub)
+        p = process(hub, wait=hub.config.process.lease_wait)
         d = deliver(hub)
         out.print(f"then: {p.cases_new} new case(s), {p.failed} failed again; "
                   f"{d.delivered} delivered, {d.dead} dead-lettered")

@@ -88,6 +88,9 @@ class ProcessPolicy(StrictModel):
     """How the process stage batches its work."""
 
     batch_size: int = Field(default=500, ge=1, description="Raw records per transaction.")
+    lease_wait: Duration = Field(default=30.0, description="One worker processes at a time: "
+                                 "how long run --once, replays and the intake server wait "
+                                 "for another worker's pass to end (listen does not wait).")
 
 
 class LoggingConfig(StrictModel):

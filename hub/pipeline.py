@@ -26,6 +26,7 @@ from connectors.base import Connector, IngestContext
 from connectors.registry import connector_class
 from hub import faults
 from hub.config import HubConfig
+from hub.leases import Lease, owner_id
 from hub.logsetup import register_secrets
 from hub.routing import route
 from normalizer.case import CaseUpdate
@@ -210,12 +211,40 @@ class ProcessStats:
     kinds: Counter[str] = field(default_factory=Counter)
     ignored_reasons: Counter[str] = field(default_factory=Counter)
     new_references: list[str] = field(default_factory=list)
+    #: the worker that held the process lease when this run gave up waiting for it
+    busy: str | None = None
+
+
+#: The process stage runs in one worker at a time (mapper state such as IoT fault episodes and
+#: mail threads is read and written per record); a crashed holder's lease runs out after this.
+PROCESS_LEASE = "stage:process"
+PROCESS_LEASE_TTL = 300.0
 
 
 def process(hub: Hub, *, limit: int | None = None, sources: Sequence[str] | None = None,
-            progress: Progress | None = None) -> ProcessStats:
-    """Turn pending raw records into cases, updates and outbox rows."""
+            progress: Progress | None = None, wait: float = 0.0) -> ProcessStats:
+    """Turn pending raw records into cases, updates and outbox rows.
+
+    One worker processes at a time (the ``stage:process`` lease in the store): a run that
+    finds another worker processing waits up to ``wait`` seconds, then returns with
+    ``stats.busy`` set and leaves the records to that worker.
+    """
     stats = ProcessStats()
+    lease = Lease(hub.store, PROCESS_LEASE, PROCESS_LEASE_TTL, owner_id(hub.worker_id))
+    if not lease.take(wait):
+        stats.busy = lease.holder() or "another worker"
+        logger.info("process stage busy in another worker; skipped",
+                    extra={"holder": stats.busy})
+        return stats
+    try:
+        _process(hub, stats, limit, sources, progress, lease)
+    finally:
+        lease.release()
+    return stats
+
+
+def _process(hub: Hub, stats: ProcessStats, limit: int | None, sources: Sequence[str] | None,
+             progress: Progress | None, lease: Lease) -> None:
     batch_size = hub.config.process.batch_size
     sink_names = hub.sink_names()
     enrichers = hub.enrichers
@@ -225,6 +254,7 @@ def process(hub: Hub, *, limit: int | None = None, sources: Sequence[str] | None
         rows = hub.store.query("SELECT COUNT(*) AS n FROM raw_records WHERE state = 'pending'")
         total = int(rows[0]["n"])
     while limit is None or stats.seen < limit:
+        lease.renew()
         size = batch_size if limit is None else min(batch_size, limit - stats.seen)
         pending = hub.store.pending_raw(size, after_id, sources)
         if not pending:
@@ -269,7 +299,6 @@ def process(hub: Hub, *, limit: int | None = None, sources: Sequence[str] | None
     logger.info("processed", extra={"seen": stats.seen, "new": stats.cases_new,
                                     "updates": stats.updates, "ignored": stats.ignored,
                                     "failed": stats.failed})
-    return stats
 
 
 def _apply(hub: Hub, tx: Any, result: MapResult, raw_id: int | None, stats: ProcessStats,
@@ -598,7 +627,9 @@ def run_once(hub: Hub, connectors: Sequence[str] | None = None,
              progress: Progress | None = None) -> RunSummary:
     """One pass of every requested stage (``status`` pulls case status back from downstream)."""
     ing = ingest(hub, connectors, progress=progress) if "ingest" in stages else []
-    proc = process(hub, progress=progress) if "process" in stages else ProcessStats()
+    proc = (process(hub, progress=progress, wait=hub.config.process.lease_wait)
+            if "process" in stages
+            else ProcessStats())
     dlv = deliver(hub, progress=progress) if "deliver" in stages else DeliverStats()
     sync = None
     if "status" in stages:

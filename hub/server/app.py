@@ -33,9 +33,9 @@ from starlette.concurrency import run_in_threadpool
 from hub.config import HubConfig
 from hub.logsetup import redact
 from hub.server.auth import NonceCache, check_hmac
-from hub.server.intake import Intake, IntakeResponse, RecordsBatch, field_errors
+from hub.server.intake import Intake, IntakeBusy, IntakeResponse, RecordsBatch, field_errors
 from hub.server.metrics import Metrics
-from hub.server.open311_api import build_router, load_services
+from hub.server.open311_api import build_router, geo_error, load_services
 from normalizer.case import REFERENCE_PATTERN
 from outbox.sinks.signing import SIGNATURE_HEADER
 
@@ -47,6 +47,10 @@ PUBLIC_EVENTS = {
     "delivered": "forwarded to the responsible department (已转办)",
     "status": None,  # text built from the status and the department's notes
 }
+
+
+#: Seconds a client is told to wait when another worker holds the process stage.
+BUSY_RETRY_AFTER = 5
 
 
 class TimelineEntry(BaseModel):
@@ -165,10 +169,21 @@ def create_app(config: HubConfig, hub: Any = None) -> FastAPI:
                   for e in exc.errors()]
         return JSONResponse({"error": "validation failed", "fields": fields}, status_code=400)
 
+    @app.exception_handler(IntakeBusy)
+    async def intake_busy(request: Request, exc: IntakeBusy) -> JSONResponse:
+        logger.warning("intake could not process in time", extra={"reason": str(exc)})
+        headers = {"Retry-After": str(BUSY_RETRY_AFTER)}
+        if request.url.path.startswith("/open311/"):
+            resp = geo_error(503, str(exc))
+            resp.headers.update(headers)
+            return resp
+        return JSONResponse({"error": str(exc)}, status_code=503, headers=headers)
+
     @app.post("/v1/records", status_code=202, response_model=IntakeResponse,
               summary="Submit a signed batch of upstream records",
               responses={400: {"model": Problem}, 401: {"model": Problem},
-                         409: {"model": Problem}, 413: {"model": Problem}},
+                         409: {"model": Problem}, 413: {"model": Problem},
+                         503: {"model": Problem}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": RecordsBatch.model_json_schema(
                       ref_template="#/components/schemas/{model}")}}},

@@ -88,6 +88,10 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     return out
 
 
+class IntakeBusy(RuntimeError):
+    """Records were stored but could not be processed in time to answer (retry later)."""
+
+
 @dataclass
 class Intake:
     """Stores validated records and processes them (one at a time per process)."""
@@ -96,10 +100,23 @@ class Intake:
     source: str
     lock: threading.Lock
 
-    def submit(self, records: list[dict[str, Any]]) -> list[RecordResult]:
-        """Commit raw records, run the process stage, and return one result per record."""
+    def _process(self) -> None:
         from hub.pipeline import process
 
+        wait = self.hub.config.process.lease_wait
+        stats = process(self.hub, sources=[self.source], wait=wait)
+        if stats.busy:
+            raise IntakeBusy(f"another worker kept the process stage for {wait:.0f} s; the "
+                             "records are stored and will be processed: post the same batch "
+                             "again for their references")
+
+    def submit(self, records: list[dict[str, Any]]) -> list[RecordResult]:
+        """Commit raw records, run the process stage, and return one result per record.
+
+        Raises:
+            IntakeBusy: the records are stored but another worker held the process stage too
+                long to answer with references (posting the batch again is safe).
+        """
         now = datetime.now(timezone.utc)
         raws = []
         for rec in records:
@@ -110,7 +127,7 @@ class Intake:
             store = self.hub.store
             res = store.commit_ingest(self.source, raws)
             new_ids = set(res.raw_ids or [])
-            process(self.hub, sources=[self.source])
+            self._process()
             out = []
             for raw in raws:
                 row = store.query("SELECT id, state, state_reason FROM raw_records WHERE "
@@ -128,14 +145,12 @@ class Intake:
 
     def submit_one(self, record: dict[str, Any], source_ref: str) -> RecordResult:
         """Store and process one record under an explicit source_ref (Open311 facade)."""
-        from hub.pipeline import process
-
         raw = RawRecord(source=self.source, channel=Channel.forward, source_ref=source_ref,
                         received_at=datetime.now(timezone.utc),
                         payload={"record": record, "origin": "POST /open311/v2/requests.json"})
         with self.lock:
             res = self.hub.store.commit_ingest(self.source, [raw])
-            process(self.hub, sources=[self.source])
+            self._process()
             case = self.hub.store.case_row(case_id_for(self.source, source_ref))
         if case is None:
             return RecordResult(id=source_ref, reference=None, status="rejected",

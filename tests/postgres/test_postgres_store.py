@@ -157,3 +157,14 @@ def test_run_once_on_postgres_in_process(tmp_path: Path, pg_url: str) -> None:
         assert run_once(hub, stages=("deliver",)).deliver.delivered == 30
     finally:
         hub.close()
+
+
+def test_two_workers_process_each_record_once_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    from tests.hub.test_process_lease import check_each_record_processed_once, seed_raw
+
+    n = 1500
+    cfg = write_config(tmp_path, store=pg_url)
+    with Hub(load_config(cfg)) as hub:
+        seed_raw(hub, n)
+    results = check_each_record_processed_once(cfg, n, wait=0.0)
+    assert sorted(bool(r["busy"]) for r in results) == [False, True], results
