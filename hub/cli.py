@@ -167,14 +167,21 @@ def run(c: Ctx, once: bool, connectors: tuple[str, ...], stages: tuple[str, ...]
               help="Seconds between process/deliver passes when nothing arrives.")
 @click.option("--status-interval", default=300.0, show_default=True,
               help="Seconds between pulls of case status from Open311 sinks.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on this port (worker counters and the store's "
+                   "connector, outbox, case and dead-letter figures).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address the metrics port listens on.")
 @pass_ctx
-def listen(c: Ctx, poll_interval: float, tick: float, status_interval: float) -> None:
+def listen(c: Ctx, poll_interval: float, tick: float, status_interval: float,
+           metrics_port: int | None, metrics_host: str) -> None:
     """Run continuously: MQTT subscriptions, IMAP IDLE, polls and the delivery loop."""
     from hub.listen import run_forever
     from outbox.status_sync import PeriodicStatusSync
 
     raise SystemExit(run_forever(c.config, poll_interval=poll_interval, tick=tick,
-                                 extra_stages=[PeriodicStatusSync(status_interval)]))
+                                 extra_stages=[PeriodicStatusSync(status_interval)],
+                                 metrics_port=metrics_port, metrics_host=metrics_host))
 
 
 def summary_dict(summary: Any, hub: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 from connectors.base import IngestContext, SourceBatch
 from hub import faults
 from hub.config import HubConfig
+from hub.metrics import StoreCollector, WorkerMetrics
 from hub.pipeline import Hub, deliver, ingest, process
 from outbox.store.timefmt import now_utc
 
@@ -41,11 +42,38 @@ class Listen:
         self.threads: list[threading.Thread] = []
         self.errors: list[str] = []
         self.extra_stages = extra_stages or []
+        self.metrics = WorkerMetrics()
+        self._metrics_hub: Hub | None = None
+        self._metrics_server: Any = None
+
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve Prometheus metrics (this worker's counters and the store's figures) on
+        ``host:port`` (0 picks a free port); return the port."""
+        from prometheus_client import start_http_server
+
+        self._metrics_hub = Hub(self.config)
+        self.metrics.registry.register(StoreCollector(self._metrics_hub, self.metrics.lock))
+        server, _thread = start_http_server(port, addr=host, registry=self.metrics.registry)
+        self._metrics_server = server
+        bound = int(server.server_address[1])
+        logger.info("metrics served", extra={"host": host, "port": bound})
+        return bound
 
     def stop(self) -> None:
         """Ask every thread to finish."""
         self.stop_event.set()
         self.wake.set()
+
+    def close(self) -> None:
+        """Stop serving metrics (after :meth:`join`)."""
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        if self._metrics_hub is not None:
+            with self.metrics.lock:
+                self._metrics_hub.close()
+            self._metrics_hub = None
 
     def start(self) -> None:
         """Start listener, poller and worker threads."""
@@ -78,6 +106,7 @@ class Listen:
                 return
             except Exception as exc:
                 self.errors.append(f"{name}: {exc}")
+                self.metrics.restarts.labels(name.split("-", 1)[0]).inc()
                 logger.error("thread failed, restarting", extra={"thread": name,
                                                                  "error": str(exc)},
                              exc_info=True)
@@ -90,7 +119,9 @@ class Listen:
             conn = hub.connector(name)
 
             def commit(batch: SourceBatch) -> None:
-                hub.store.commit_ingest(name, batch.records, batch.rejects, batch.checkpoint)
+                res = hub.store.commit_ingest(name, batch.records, batch.rejects,
+                                              batch.checkpoint)
+                self.metrics.record_ingest(name, res.inserted, len(batch.rejects))
                 if batch.checkpoint is not None:
                     ctx.checkpoint = batch.checkpoint
                 faults.point("after_ingest_commit")
@@ -111,6 +142,8 @@ class Listen:
         try:
             while not self.stop_event.is_set():
                 stats = ingest(hub, names)
+                for st in stats:
+                    self.metrics.record_ingest(st.source, st.inserted, st.dead)
                 if any(s.inserted for s in stats):
                     self.wake.set()
                 self.stop_event.wait(self.poll_interval)
@@ -122,16 +155,22 @@ class Listen:
         try:
             while not self.stop_event.is_set():
                 self.wake.clear()
-                process(hub)
-                deliver(hub)
+                self._pass(hub)
                 for stage in self.extra_stages:
                     stage(hub)
                 self.wake.wait(self.tick)
             # finish what was committed before the stop
-            process(hub)
-            deliver(hub)
+            self._pass(hub)
         finally:
             hub.close()
+
+    def _pass(self, hub: Hub) -> None:
+        started = time.perf_counter()
+        p = process(hub)
+        middle = time.perf_counter()
+        self.metrics.record_process(p, middle - started)
+        d = deliver(hub)
+        self.metrics.record_deliver(d, time.perf_counter() - middle)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for every thread to end."""
@@ -140,9 +179,12 @@ class Listen:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
-def run_forever(config: HubConfig, **kwargs: Any) -> int:
+def run_forever(config: HubConfig, *, metrics_port: int | None = None,
+                metrics_host: str = "127.0.0.1", **kwargs: Any) -> int:
     """Run until SIGINT/SIGTERM; return an exit code."""
     runtime = Listen(config, **kwargs)
+    if metrics_port is not None:
+        runtime.serve_metrics(metrics_port, metrics_host)
 
     def _stop(signum: int, _frame: Any) -> None:
         logger.info("stopping", extra={"signal": signum})
@@ -154,4 +196,5 @@ def run_forever(config: HubConfig, **kwargs: Any) -> int:
     while not runtime.stop_event.is_set():
         runtime.stop_event.wait(1.0)
     runtime.join(timeout=30)
+    runtime.close()
     return 0
