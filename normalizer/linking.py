@@ -94,7 +94,8 @@ class Linker:
         loc = case.location
         if loc.lat is None and not loc.community and not loc.address and rkey is None:
             return  # nothing to look up by
-        cands = nearby(category_code=cat, since=received - self.window, lat=loc.lat,
+        cands = nearby(category_code=cat, since=received - self.window, until=received,
+                       lat=loc.lat,
                        lon=loc.lon, radius_m=self.radius_m, community=loc.community,
                        address=loc.address, reporter_key=rkey, limit=self.candidates)
         if not cands:

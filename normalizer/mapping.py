@@ -73,6 +73,7 @@ class MapContext(Protocol):
         *,
         category_code: str | None,
         since: datetime,
+        until: datetime | None = None,
         lat: float | None = None,
         lon: float | None = None,
         radius_m: float | None = None,

@@ -768,42 +768,56 @@ class ProcessTx:
                    "AND key < ? ORDER BY key", (namespace, prefix, prefix + "\U0010ffff"))
         return [(k, _loads(v)) for k, v in self.cur.fetchall()]
 
+    _NEARBY_COLS = ("case_id, reference, category_code, received_at, lat, lon, community, "
+                    "address, reporter_key, fingerprint")
+    _NEARBY_NAMES = tuple(c.strip() for c in _NEARBY_COLS.split(","))
+
     def nearby_cases(self, *, category_code: str | None, since: datetime,
-                     lat: float | None = None, lon: float | None = None,
-                     radius_m: float | None = None, community: str | None = None,
-                     address: str | None = None, reporter_key: str | None = None,
-                     limit: int = 50) -> list[dict[str, Any]]:
-        """Earlier cases near this one, found through indexes only."""
-        cols = ("case_id, reference, category_code, received_at, lat, lon, community, address, "
-                "reporter_key, fingerprint")
-        since_s = ts(since)
+                     until: datetime | None = None, lat: float | None = None,
+                     lon: float | None = None, radius_m: float | None = None,
+                     community: str | None = None, address: str | None = None,
+                     reporter_key: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Earlier cases near this one, found through indexes only (one statement).
+
+        Up to ``limit`` most recent cases per lookup: same category in the grid cells around the
+        point and within the radius' bounding box, in the same community (or, without one, at
+        the same address), and from the same reporter; received between ``since`` and
+        ``until``.
+        """
+        cols = self._NEARBY_COLS
+        window = "received_at >= ?" + (" AND received_at <= ?" if until is not None else "")
+        window_p: list[Any] = [ts(since)] + ([ts(until)] if until is not None else [])
         cat_sql = "category_code IS NULL" if category_code is None else "category_code = ?"
         cat_p: list[Any] = [] if category_code is None else [category_code]
-        found: dict[str, dict[str, Any]] = {}
-        queries: list[tuple[str, list[Any]]] = []
+        parts: list[str] = []
+        params: list[Any] = []
+
+        def lookup(where: str, where_p: list[Any]) -> None:
+            parts.append(f"SELECT * FROM (SELECT {cols} FROM cases WHERE {where} AND {window} "
+                         f"ORDER BY received_at DESC LIMIT ?) AS q{len(parts)}")
+            params.extend([*where_p, *window_p, limit])
+
         if lat is not None and lon is not None and radius_m:
             cells = neighbour_cells(lat, lon, radius_m)
-            queries.append((f"SELECT {cols} FROM cases WHERE {cat_sql} AND cell IN "
-                            f"({','.join('?' * len(cells))}) AND received_at >= ? "
-                            f"ORDER BY received_at DESC LIMIT ?",
-                            [*cat_p, *cells, since_s, limit]))
+            dlat = radius_m / 111_320.0
+            dlon = radius_m / (111_320.0 * max(math.cos(math.radians(lat)), 0.01))
+            lookup(f"{cat_sql} AND cell IN ({','.join('?' * len(cells))}) "
+                   "AND lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?",
+                   [*cat_p, *cells, lat - dlat, lat + dlat, lon - dlon, lon + dlon])
         if community:  # distance OR the same community
-            queries.append((f"SELECT {cols} FROM cases WHERE {cat_sql} AND community = ? "
-                            f"AND received_at >= ? ORDER BY received_at DESC LIMIT ?",
-                            [*cat_p, community, since_s, limit]))
-        if address and not community:
-            queries.append((f"SELECT {cols} FROM cases WHERE {cat_sql} AND address = ? "
-                            f"AND received_at >= ? ORDER BY received_at DESC LIMIT ?",
-                            [*cat_p, address, since_s, limit]))
+            lookup(f"{cat_sql} AND community = ?", [*cat_p, community])
+        elif address:
+            lookup(f"{cat_sql} AND address = ?", [*cat_p, address])
         if reporter_key:
-            queries.append((f"SELECT {cols} FROM cases WHERE reporter_key = ? AND received_at >= ?"
-                            f" ORDER BY received_at DESC LIMIT ?", [reporter_key, since_s, limit]))
-        for sql, params in queries:
-            self._exec(sql, params)
-            names = [d[0] for d in self.cur.description]
-            for row in self.cur.fetchall():
-                if row[0] not in found:
-                    found[row[0]] = dict(zip(names, row, strict=True))
+            lookup("reporter_key = ?", [reporter_key])
+        if not parts:
+            return []
+        self._exec(" UNION ALL ".join(parts), params)
+        names = self._NEARBY_NAMES
+        found: dict[str, dict[str, Any]] = {}
+        for row in self.cur.fetchall():
+            if row[0] not in found:
+                found[row[0]] = dict(zip(names, row, strict=True))
         return list(found.values())[: limit * 2]
 
     # ---------------------------------------------------------------- writes

@@ -71,7 +71,8 @@ class MemoryContext:
                 case.case_id)
 
     def nearby_cases(self, *, category_code: str | None, since: datetime,
-                     lat: float | None = None, lon: float | None = None,
+                     until: datetime | None = None, lat: float | None = None,
+                     lon: float | None = None,
                      radius_m: float | None = None, community: str | None = None,
                      address: str | None = None, reporter_key: str | None = None,
                      limit: int = 50) -> list[dict[str, Any]]:
@@ -93,7 +94,8 @@ class MemoryContext:
         for cid in reversed(ids):
             row = self.rows[cid]
             self.examined += 1
-            if cid in seen or row["received_at"] < since.isoformat():
+            if cid in seen or row["received_at"] < since.isoformat() or (
+                    until is not None and row["received_at"] > until.isoformat()):
                 continue
             seen.add(cid)
             out.append(dict(row))
