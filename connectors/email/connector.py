@@ -28,7 +28,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -135,7 +134,7 @@ class ImapConnector:
         self._ensured: set[str] = set()
         self._lock: tuple[Any, str] | None = None
         self._lock_renewed = 0.0
-        self._executor: ThreadPoolExecutor | None = None
+        self._pending_ack: AckToken | None = None
 
     @classmethod
     def from_config(cls, config: ImapConfig, runtime: Any) -> ImapConnector:
@@ -230,6 +229,7 @@ class ImapConnector:
                 self._drop_session()  # the next run starts with a fresh connection
             raise
         finally:
+            self._flush_acks_quietly()
             self._release_lock()
 
     def _fetch_folder(self, session: ImapSession, folder: str, state: dict[str, Any],
@@ -282,11 +282,10 @@ class ImapConnector:
         cfg = self.config
         small = [u for u in uids if u in meta and meta[u][0] <= cfg.stream_threshold]
         bodies = session.fetch_bodies(small) if small else {}
-        # blobs are fsynced one by one; writing them concurrently lets the file system
-        # commit many in one journal flush (each is still durable before the batch commit)
-        stored = dict(zip(bodies, self._pool().map(
-            lambda raw: ctx.blobs.put_bytes(raw, mime="message/rfc822"), bodies.values()),
-            strict=True)) if bodies else {}
+        # the small mails of a batch go to ONE pack file made durable by one fsync (synced
+        # below, before the batch is handed over for its commit); large ones stream to files
+        pack = ctx.blobs.batch()
+        stored = {uid: pack.put_bytes(raw, mime="message/rfc822") for uid, raw in bodies.items()}
         records: list[RawRecord] = []
         rejects: list[Reject] = []
         token = AckToken(folder, uv)
@@ -314,15 +313,11 @@ class ImapConnector:
                                         idate, where, ctx.now))
             token.processed.append(uid)
             faults.point("imap_mid_batch")
+        pack.sync()
+        faults.point("imap_blobs_synced")
         state[folder] = {"uidvalidity": uv, "last_uid": uids[-1]}
         return SourceBatch(records=records, rejects=rejects,
                            checkpoint={"folders": copy.deepcopy(state)}, ack_token=token)
-
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=self.config.blob_writers,
-                                                thread_name_prefix=f"imap-blobs-{self.name}")
-        return self._executor
 
     def _record(self, sha: str, size: int, msgid: str, generated: bool, idate: Any,
                 where: dict[str, Any], now: datetime) -> RawRecord:
@@ -356,10 +351,53 @@ class ImapConnector:
 
     # ------------------------------------------------------------------ ack
     def ack(self, batch: SourceBatch) -> None:
-        """Move (or flag) the committed mail; quarantine oversized mail."""
+        """Move (or flag) committed mail; quarantine oversized mail.
+
+        With ``after_commit: move``, acknowledgements of consecutive batches of one folder are
+        gathered and sent as one MOVE once ``ack_every`` mails are waiting, when the folder
+        changes and when a fetch or listen pass ends. Waiting is safe: the mail is committed;
+        if the process dies first, the next run finds it at or below the checkpoint and
+        acknowledges it without storing it again. \\Seen flags are set at once.
+        """
         tok = batch.ack_token
         if not isinstance(tok, AckToken) or not (tok.processed or tok.quarantine):
             return
+        pending = self._pending_ack
+        if pending is not None and (pending.folder, pending.uidvalidity) != (tok.folder,
+                                                                             tok.uidvalidity):
+            self.flush_acks()
+            pending = None
+        if pending is None:
+            pending = self._pending_ack = AckToken(tok.folder, tok.uidvalidity)
+        pending.processed.extend(tok.processed)
+        pending.quarantine.extend(tok.quarantine)
+        if (self.config.after_commit is not AfterCommit.move
+                or len(pending.processed) + len(pending.quarantine) >= self.config.ack_every):
+            self.flush_acks()
+
+    def flush_acks(self) -> None:
+        """Send the acknowledgements gathered by :meth:`ack` now."""
+        tok, self._pending_ack = self._pending_ack, None
+        if tok is not None:
+            self._apply_ack(tok)
+
+    def _flush_acks_quietly(self) -> None:
+        """At the end of a pass: acknowledge what is committed if the connection is still up
+        (if not, the next run does it)."""
+        if self._pending_ack is None:
+            return
+        if self.session is None or self.session.client is None:
+            self._pending_ack = None
+            return
+        try:
+            self.flush_acks()
+        except Exception as exc:
+            logger.warning("could not acknowledge committed mail; the next run will",
+                           extra={"source": self.name, "error": str(exc)})
+            if is_connection_error(exc):
+                self._drop_session()
+
+    def _apply_ack(self, tok: AckToken) -> None:
         cfg = self.config
         session = self._session()
         if session.selected != tok.folder:
@@ -412,10 +450,13 @@ class ImapConnector:
                         commit(batch)
                         self._renew_lock()
                         if stop.is_set():
+                            self._flush_acks_quietly()
                             return
+                self.flush_acks()
                 backoff = 1.0
                 self._wait_for_mail(session, stop)
             except Exception as exc:
+                self._pending_ack = None  # the next pass acknowledges committed mail it finds
                 if not is_connection_error(exc):
                     self._drop_session()
                     self._release_lock()
@@ -472,12 +513,10 @@ class ImapConnector:
                              {"replayed": True}, now)]
 
     def close(self) -> None:
-        """Log out, release the lock and stop the blob writers."""
+        """Acknowledge what is committed, log out and release the lock."""
+        self._flush_acks_quietly()
         self._release_lock()
         self._drop_session()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
 
 
 def _folder_state(checkpoint: dict[str, Any] | None) -> dict[str, Any]:

@@ -274,15 +274,15 @@ def test_same_message_id_different_bytes_is_a_duplicate(
 def test_nothing_is_flagged_or_moved_when_storing_fails(
         tmp_path: Path, dovecot: Dovecot, mailbox: str, imap_env: dict[str, str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from outbox.blobs import BlobStore
+    from outbox.blobs import PackWriter
 
     dovecot.append(mailbox, [mails.gbk_plain(), mails.big5_plain()])
     cfg = write_hub_config(tmp_path, dovecot, mailbox)
 
-    def disk_full(self: BlobStore, data: bytes, **_: Any) -> Any:
+    def disk_full(self: PackWriter, blobs: Any) -> Any:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(BlobStore, "put_bytes", disk_full)
+    monkeypatch.setattr(PackWriter, "append", disk_full)  # the batch's pack write fails
     summary = run(cfg)
     assert summary.ingest[0].error == "OSError: [Errno 28] No space left on device"
     assert rows(tmp_path, "SELECT COUNT(*) AS n FROM raw_records")[0]["n"] == 0

@@ -5,6 +5,7 @@ Server: Dovecot started by tests/email/conftest.py.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from connectors.email.demo_server import Dovecot
+from outbox.blobs import BlobStore
 from tests.conftest import REPO, jsonl_lines
 from tests.email import mails
 from tests.email.conftest import write_hub_config
@@ -55,8 +57,9 @@ def test_sigkill_mid_batch_and_before_ack_then_rerun(tmp_path: Path, dovecot: Do
                                                      mailbox: str) -> None:
     n = 12
     dovecot.append(mailbox, [mails.numbered(i) for i in range(n)])
-    cfg = write_hub_config(tmp_path, dovecot, mailbox, batch_size=5)
-    # killed while the 2nd batch is being fetched (blobs written, nothing committed)
+    # ack_every 1: every batch is moved right after its commit
+    cfg = write_hub_config(tmp_path, dovecot, mailbox, batch_size=5, ack_every=1)
+    # killed while the 2nd batch is being fetched (nothing of it committed)
     res = cli(cfg, "run", "--once", crash_at="imap_mid_batch:8", password=dovecot.password)
     assert res.returncode == -9
     assert count(tmp_path, "SELECT COUNT(*) FROM raw_records") == 5
@@ -71,6 +74,45 @@ def test_sigkill_mid_batch_and_before_ack_then_rerun(tmp_path: Path, dovecot: Do
     assert_exactly_once(tmp_path, n)
     assert folder_count(dovecot, mailbox, "INBOX") == 0
     assert folder_count(dovecot, mailbox, "Processed") == n
+
+
+def test_sigkill_with_acknowledgements_waiting_then_rerun(tmp_path: Path, dovecot: Dovecot,
+                                                         mailbox: str) -> None:
+    n = 12
+    dovecot.append(mailbox, [mails.numbered(i) for i in range(n)])
+    cfg = write_hub_config(tmp_path, dovecot, mailbox, batch_size=5)  # ack_every: 1000
+    # killed in the 3rd batch: two batches committed, their MOVE still waiting
+    res = cli(cfg, "run", "--once", crash_at="imap_mid_batch:11", password=dovecot.password)
+    assert res.returncode == -9
+    assert count(tmp_path, "SELECT COUNT(*) FROM raw_records") == 10
+    assert folder_count(dovecot, mailbox, "INBOX") == n
+    res = cli(cfg, "run", "--once", password=dovecot.password)
+    assert res.returncode == 0, res.stderr
+    assert_exactly_once(tmp_path, n)
+    assert folder_count(dovecot, mailbox, "INBOX") == 0
+    assert folder_count(dovecot, mailbox, "Processed") == n
+
+
+def test_sigkill_after_blobs_synced_before_commit_then_rerun(tmp_path: Path, dovecot: Dovecot,
+                                                            mailbox: str) -> None:
+    n = 7
+    dovecot.append(mailbox, [mails.numbered(i) for i in range(n)])
+    cfg = write_hub_config(tmp_path, dovecot, mailbox, batch_size=5)
+    # the 2nd batch's pack is durable and indexed, its records are not committed
+    res = cli(cfg, "run", "--once", crash_at="imap_blobs_synced:2", password=dovecot.password)
+    assert res.returncode == -9
+    assert count(tmp_path, "SELECT COUNT(*) FROM raw_records") == 5
+    res = cli(cfg, "run", "--once", password=dovecot.password)
+    assert res.returncode == 0, res.stderr
+    assert_exactly_once(tmp_path, n)
+    assert folder_count(dovecot, mailbox, "Processed") == n
+    # every committed record points at a stored blob holding exactly the mail's bytes
+    blobs = BlobStore(tmp_path / "blobs")
+    with sqlite3.connect(tmp_path / "hub.db") as conn:
+        shas = [r[0] for r in conn.execute("SELECT raw_blob FROM raw_records")]
+    assert len(shas) == n
+    for sha in shas:
+        assert hashlib.sha256(blobs.read(sha)).hexdigest() == sha
 
 
 def test_two_fetchers_at_once_store_each_mail_once(tmp_path: Path, dovecot: Dovecot,
