@@ -249,8 +249,9 @@ class BlobBatch:
         locations to the pack index. When this returns, every blob of the batch is durable."""
         if self.synced:
             return
-        new = self.store.packs.missing(list(self._blobs))
-        new = [sha for sha in new if not self.store.path(sha).is_file()]
+        root = str(self.store.root)
+        new = [sha for sha in self.store.packs.missing(list(self._blobs))
+               if not os.path.isfile(f"{root}/{sha[:2]}/{sha[2:4]}/{sha}")]  # (not pathlib: hot)
         if new:
             self.store.write_packed([(sha, self._blobs[sha]) for sha in new])
         self._blobs.clear()

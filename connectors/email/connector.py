@@ -33,9 +33,12 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from connectors.base import IngestContext, RawRecord, Reject, ReparseError, SourceBatch
+from connectors.email.acker import AckSender
 from connectors.email.config import AfterCommit, ImapConfig
 from connectors.email.imap import ImapSession, is_connection_error
+from connectors.email.prefetch import BodyPrefetcher
 from hub import faults
+from outbox.blobs import BlobBatch
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +138,8 @@ class ImapConnector:
         self._lock: tuple[Any, str] | None = None
         self._lock_renewed = 0.0
         self._pending_ack: AckToken | None = None
+        self._prefetch = BodyPrefetcher(self.name)
+        self._acks: AckSender[AckToken] = AckSender(config, self._send_ack)
 
     @classmethod
     def from_config(cls, config: ImapConfig, runtime: Any) -> ImapConnector:
@@ -213,6 +218,7 @@ class ImapConnector:
         """Yield batches of new mail from every configured folder (one process at a time)."""
         if not self._take_lock(ctx):
             return
+        completed = False
         try:
             session = self._session(check=True)
             state = _folder_state(ctx.checkpoint)
@@ -223,14 +229,21 @@ class ImapConnector:
                     yield batch
                     self._renew_lock()
                     if ctx.max_records is not None and count >= ctx.max_records:
+                        completed = True
                         return
+            completed = True
         except Exception as exc:
             if is_connection_error(exc):
                 self._drop_session()  # the next run starts with a fresh connection
             raise
         finally:
-            self._flush_acks_quietly()
-            self._release_lock()
+            try:
+                if completed:
+                    self.wait_acks()  # a failed MOVE fails the run, as it always did
+                else:  # failed, or stopped early by the consumer
+                    self._wait_acks_quietly()
+            finally:
+                self._release_lock()
 
     def _fetch_folder(self, session: ImapSession, folder: str, state: dict[str, Any],
                       ctx: IngestContext) -> Iterator[SourceBatch]:
@@ -263,27 +276,49 @@ class ImapConnector:
         meta = session.sizes(uids)
         logger.info("new mail", extra={"source": self.name, "folder": folder,
                                        "count": len(uids), "uidvalidity": uv})
+        groups = self._groups(uids, meta)
+        small = [[u for u in g if u in meta and meta[u][0] <= cfg.stream_threshold]
+                 for g in groups]
+        prefetch = self._prefetch
+        try:
+            prefetch.start(session, small[0])
+            for i, group in enumerate(groups):
+                batch, pack = self._batch(session, folder, uv, group, prefetch.take(), meta,
+                                          state, ctx)
+                if i + 1 < len(groups):
+                    # the next bodies arrive while this batch is synced, committed and acked
+                    prefetch.start(session, small[i + 1])
+                pack.sync()  # durable BEFORE the batch is handed over for its commit
+                faults.point("imap_blobs_synced")
+                yield batch
+        finally:
+            prefetch.settle()
+
+    def _groups(self, uids: list[int], meta: dict[int, tuple[int, Any]]) -> list[list[int]]:
+        """Split UIDs into batches of at most ``batch_size`` mails and ``batch_bytes``."""
+        cfg = self.config
+        groups: list[list[int]] = []
         group: list[int] = []
         group_bytes = 0
         for uid in uids:
-            size = meta.get(uid, (0, None))[0]
-            if group and (len(group) >= cfg.batch_size
-                          or group_bytes + min(size, cfg.stream_threshold) > cfg.batch_bytes):
-                yield self._batch(session, folder, uv, group, meta, state, ctx)
+            size = min(meta.get(uid, (0, None))[0], cfg.stream_threshold)
+            if group and (len(group) >= cfg.batch_size or group_bytes + size > cfg.batch_bytes):
+                groups.append(group)
                 group, group_bytes = [], 0
             group.append(uid)
-            group_bytes += min(size, cfg.stream_threshold)
+            group_bytes += size
         if group:
-            yield self._batch(session, folder, uv, group, meta, state, ctx)
+            groups.append(group)
+        return groups
 
     def _batch(self, session: ImapSession, folder: str, uv: int, uids: list[int],
-               meta: dict[int, tuple[int, Any]], state: dict[str, Any],
-               ctx: IngestContext) -> SourceBatch:
+               bodies: dict[int, bytes], meta: dict[int, tuple[int, Any]],
+               state: dict[str, Any], ctx: IngestContext) -> tuple[SourceBatch, BlobBatch]:
+        """One batch from its prefetched small bodies (large mail is streamed here). The
+        caller must sync the returned blob batch before handing the batch over."""
         cfg = self.config
-        small = [u for u in uids if u in meta and meta[u][0] <= cfg.stream_threshold]
-        bodies = session.fetch_bodies(small) if small else {}
-        # the small mails of a batch go to ONE pack file made durable by one fsync (synced
-        # below, before the batch is handed over for its commit); large ones stream to files
+        # the small mails of a batch go to ONE pack file made durable by one fsync;
+        # large ones stream to files of their own
         pack = ctx.blobs.batch()
         stored = {uid: pack.put_bytes(raw, mime="message/rfc822") for uid, raw in bodies.items()}
         records: list[RawRecord] = []
@@ -313,11 +348,9 @@ class ImapConnector:
                                         idate, where, ctx.now))
             token.processed.append(uid)
             faults.point("imap_mid_batch")
-        pack.sync()
-        faults.point("imap_blobs_synced")
         state[folder] = {"uidvalidity": uv, "last_uid": uids[-1]}
         return SourceBatch(records=records, rejects=rejects,
-                           checkpoint={"folders": copy.deepcopy(state)}, ack_token=token)
+                           checkpoint={"folders": copy.deepcopy(state)}, ack_token=token), pack
 
     def _record(self, sha: str, size: int, msgid: str, generated: bool, idate: Any,
                 where: dict[str, Any], now: datetime) -> RawRecord:
@@ -376,32 +409,36 @@ class ImapConnector:
             self.flush_acks()
 
     def flush_acks(self) -> None:
-        """Send the acknowledgements gathered by :meth:`ack` now."""
+        """Hand the acknowledgements gathered by :meth:`ack` to the sender now (they are sent
+        on the sender's own connection; :meth:`wait_acks` waits for them)."""
         tok, self._pending_ack = self._pending_ack, None
         if tok is not None:
-            self._apply_ack(tok)
+            self._acks.submit(tok)
 
-    def _flush_acks_quietly(self) -> None:
-        """At the end of a pass: acknowledge what is committed if the connection is still up
-        (if not, the next run does it)."""
-        if self._pending_ack is None:
-            return
-        if self.session is None or self.session.client is None:
-            self._pending_ack = None
-            return
+    def wait_acks(self) -> None:
+        """Send what is gathered and wait until every acknowledgement is done.
+
+        Raises:
+            Exception: the first that failed (the mail stays committed, in its folder).
+        """
+        self.flush_acks()
+        self._acks.wait()
+
+    def _wait_acks_quietly(self) -> None:
+        """At the end of a pass that failed: acknowledge what is committed if possible (if not,
+        the next run does it)."""
         try:
-            self.flush_acks()
+            self.wait_acks()
         except Exception as exc:
             logger.warning("could not acknowledge committed mail; the next run will",
                            extra={"source": self.name, "error": str(exc)})
-            if is_connection_error(exc):
-                self._drop_session()
 
-    def _apply_ack(self, tok: AckToken) -> None:
+    def _send_ack(self, session: ImapSession, tok: AckToken) -> None:
+        """Apply one acknowledgement (on the sender's session, in its thread)."""
         cfg = self.config
-        session = self._session()
-        if session.selected != tok.folder:
-            session.select(tok.folder)
+        # SELECT every time: this connection must see mail that arrived since its last look
+        # (UIDs it has not seen are silently skipped) and the current UIDVALIDITY
+        session.select(tok.folder)
         if session.uidvalidity != tok.uidvalidity:
             logger.warning("UIDVALIDITY changed before the ack; the next run rescans",
                            extra={"source": self.name, "folder": tok.folder})
@@ -450,13 +487,13 @@ class ImapConnector:
                         commit(batch)
                         self._renew_lock()
                         if stop.is_set():
-                            self._flush_acks_quietly()
+                            self._wait_acks_quietly()
                             return
-                self.flush_acks()
+                self.wait_acks()
                 backoff = 1.0
                 self._wait_for_mail(session, stop)
             except Exception as exc:
-                self._pending_ack = None  # the next pass acknowledges committed mail it finds
+                self._wait_acks_quietly()  # what fails is acknowledged by the next pass
                 if not is_connection_error(exc):
                     self._drop_session()
                     self._release_lock()
@@ -513,8 +550,10 @@ class ImapConnector:
                              {"replayed": True}, now)]
 
     def close(self) -> None:
-        """Acknowledge what is committed, log out and release the lock."""
-        self._flush_acks_quietly()
+        """Acknowledge what is committed, log out, release the lock, stop the prefetch."""
+        self._prefetch.close()
+        self.flush_acks()
+        self._acks.close()
         self._release_lock()
         self._drop_session()
 
