@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from connectors.base import IngestContext, RawRecord, Reject, ReparseError, SourceBatch
+from connectors.base import BlobRef, IngestContext, RawRecord, Reject, ReparseError, SourceBatch
 from connectors.email.acker import AckSender
 from connectors.email.config import AfterCommit, ImapConfig
 from connectors.email.imap import ImapSession, is_connection_error
-from connectors.email.prefetch import BodyPrefetcher
+from connectors.email.prefetch import Lookahead
 from hub import faults
-from outbox.blobs import BlobBatch
+from outbox.blobs import BlobStore
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ class ImapConnector:
         self._lock: tuple[Any, str] | None = None
         self._lock_renewed = 0.0
         self._pending_ack: AckToken | None = None
-        self._prefetch = BodyPrefetcher(self.name)
+        self._prefetch: Lookahead[tuple[dict[int, bytes], dict[int, BlobRef]]] = Lookahead(
+            f"{self.name}-prefetch")
         self._acks: AckSender[AckToken] = AckSender(config, self._send_ack)
 
     @classmethod
@@ -279,17 +280,20 @@ class ImapConnector:
         groups = self._groups(uids, meta)
         small = [[u for u in g if u in meta and meta[u][0] <= cfg.stream_threshold]
                  for g in groups]
+        # while one batch is committed and acknowledged, the next one is fetched and its small
+        # mails made durable in a pack (worker thread); the session is used by the worker
+        # between start and take, by this thread (large mail) only outside that
         prefetch = self._prefetch
         try:
-            prefetch.start(session, small[0])
+            prefetch.start(_fetch_and_pack, session, small[0], ctx.blobs)
             for i, group in enumerate(groups):
-                batch, pack = self._batch(session, folder, uv, group, prefetch.take(), meta,
-                                          state, ctx)
-                if i + 1 < len(groups):
-                    # the next bodies arrive while this batch is synced, committed and acked
-                    prefetch.start(session, small[i + 1])
-                pack.sync()  # durable BEFORE the batch is handed over for its commit
+                bodies, stored = prefetch.take()  # their blobs are durable
                 faults.point("imap_blobs_synced")
+                batch = self._batch(session, folder, uv, group, bodies, stored, meta, state,
+                                    ctx)
+                del bodies
+                if i + 1 < len(groups):
+                    prefetch.start(_fetch_and_pack, session, small[i + 1], ctx.blobs)
                 yield batch
         finally:
             prefetch.settle()
@@ -312,15 +316,12 @@ class ImapConnector:
         return groups
 
     def _batch(self, session: ImapSession, folder: str, uv: int, uids: list[int],
-               bodies: dict[int, bytes], meta: dict[int, tuple[int, Any]],
-               state: dict[str, Any], ctx: IngestContext) -> tuple[SourceBatch, BlobBatch]:
-        """One batch from its prefetched small bodies (large mail is streamed here). The
-        caller must sync the returned blob batch before handing the batch over."""
+               bodies: dict[int, bytes], stored: dict[int, BlobRef],
+               meta: dict[int, tuple[int, Any]], state: dict[str, Any],
+               ctx: IngestContext) -> SourceBatch:
+        """One batch from its small mails, fetched and made durable by
+        :func:`_fetch_and_pack`; large mail is streamed to blob files of its own here."""
         cfg = self.config
-        # the small mails of a batch go to ONE pack file made durable by one fsync;
-        # large ones stream to files of their own
-        pack = ctx.blobs.batch()
-        stored = {uid: pack.put_bytes(raw, mime="message/rfc822") for uid, raw in bodies.items()}
         records: list[RawRecord] = []
         rejects: list[Reject] = []
         token = AckToken(folder, uv)
@@ -350,7 +351,7 @@ class ImapConnector:
             faults.point("imap_mid_batch")
         state[folder] = {"uidvalidity": uv, "last_uid": uids[-1]}
         return SourceBatch(records=records, rejects=rejects,
-                           checkpoint={"folders": copy.deepcopy(state)}, ack_token=token), pack
+                           checkpoint={"folders": copy.deepcopy(state)}, ack_token=token)
 
     def _record(self, sha: str, size: int, msgid: str, generated: bool, idate: Any,
                 where: dict[str, Any], now: datetime) -> RawRecord:
@@ -556,6 +557,17 @@ class ImapConnector:
         self._acks.close()
         self._release_lock()
         self._drop_session()
+
+
+def _fetch_and_pack(session: ImapSession, uids: list[int],
+                    blobs: BlobStore) -> tuple[dict[int, bytes], dict[int, BlobRef]]:
+    """Fetch small mails whole and append them to ONE pack of the blob store, made durable by
+    one fsync (plus one index commit) before this returns: nothing can reference them before."""
+    bodies = session.fetch_bodies(uids) if uids else {}
+    pack = blobs.batch()
+    stored = {uid: pack.put_bytes(raw, mime="message/rfc822") for uid, raw in bodies.items()}
+    pack.sync()
+    return bodies, stored
 
 
 def _folder_state(checkpoint: dict[str, Any] | None) -> dict[str, Any]:
