@@ -448,7 +448,7 @@ def dl_show(c: Ctx, dl_id: int, max_bytes: int) -> None:
     preview = None
     if dl["blob_sha256"] and hub.blobs.exists(dl["blob_sha256"]):
         preview = hub.blobs.read(dl["blob_sha256"], max_bytes)
-        out.print(f"raw input ({hub.blobs.path(dl['blob_sha256']).stat().st_size} bytes):")
+        out.print(f"raw input ({hub.blobs.size(dl['blob_sha256'])} bytes):")
     elif dl["raw_record_id"]:
         raw = hub.store.get_raw(int(dl["raw_record_id"]))
         if raw is not None:

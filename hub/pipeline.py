@@ -133,6 +133,7 @@ class Hub:
             except Exception:
                 logger.warning("sink close failed", exc_info=True)
         self.store.close()
+        self.blobs.close()
 
     def __enter__(self) -> Hub:
         return self

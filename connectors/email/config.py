@@ -89,10 +89,15 @@ class ImapConfig(ComponentConfig):
                             description="Mails fetched, committed and acknowledged together.")
     batch_bytes: ByteSize = Field(default=50_000_000, description="A batch also ends once it "
                                   "holds this many bytes.")
+    ack_every: int = Field(default=1000, ge=1, le=100_000, description="Committed mail is "
+                           "moved (or flagged) in one command once this many are waiting, and "
+                           "at the end of every pass; until then it waits in the folder, "
+                           "committed (a crash leaves it to the next run, never stored twice).")
     stream_threshold: ByteSize = Field(default=4_000_000, description="Mails larger than this "
                                        "are fetched in chunks straight to the blob store.")
-    blob_writers: int = Field(default=8, ge=1, le=64, description="Threads writing a batch's "
-                              "raw mails to the blob store (fsyncs overlap).")
+    blob_writers: int = Field(default=8, ge=1, le=64, description="Ignored: a batch's raw "
+                              "mails are written as one pack file with one fsync (kept so "
+                              "older configs still load).")
     timeout: Duration = Field(default=60.0, description="Socket timeout.")
     lock_ttl: Duration = Field(default=600.0, description="The mailbox lock expires this long "
                                "after its last renewal (a crashed fetcher frees it).")

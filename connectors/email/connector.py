@@ -28,16 +28,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from connectors.base import IngestContext, RawRecord, Reject, ReparseError, SourceBatch
+from connectors.base import BlobRef, IngestContext, RawRecord, Reject, ReparseError, SourceBatch
+from connectors.email.acker import AckSender
 from connectors.email.config import AfterCommit, ImapConfig
 from connectors.email.imap import ImapSession, is_connection_error
 from connectors.email.oauth2 import token_source
+from connectors.email.prefetch import Lookahead
 from hub import faults
+from outbox.blobs import BlobStore
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +139,10 @@ class ImapConnector:
         self._ensured: set[str] = set()
         self._lock: tuple[Any, str] | None = None
         self._lock_renewed = 0.0
-        self._executor: ThreadPoolExecutor | None = None
+        self._pending_ack: AckToken | None = None
+        self._prefetch: Lookahead[tuple[dict[int, bytes], dict[int, BlobRef]]] = Lookahead(
+            f"{self.name}-prefetch")
+        self._acks: AckSender[AckToken] = AckSender(config, self._send_ack, self.tokens)
 
     @classmethod
     def from_config(cls, config: ImapConfig, runtime: Any) -> ImapConnector:
@@ -216,6 +221,7 @@ class ImapConnector:
         """Yield batches of new mail from every configured folder (one process at a time)."""
         if not self._take_lock(ctx):
             return
+        completed = False
         try:
             session = self._session(check=True)
             state = _folder_state(ctx.checkpoint)
@@ -226,13 +232,21 @@ class ImapConnector:
                     yield batch
                     self._renew_lock()
                     if ctx.max_records is not None and count >= ctx.max_records:
+                        completed = True
                         return
+            completed = True
         except Exception as exc:
             if is_connection_error(exc):
                 self._drop_session()  # the next run starts with a fresh connection
             raise
         finally:
-            self._release_lock()
+            try:
+                if completed:
+                    self.wait_acks()  # a failed MOVE fails the run, as it always did
+                else:  # failed, or stopped early by the consumer
+                    self._wait_acks_quietly()
+            finally:
+                self._release_lock()
 
     def _fetch_folder(self, session: ImapSession, folder: str, state: dict[str, Any],
                       ctx: IngestContext) -> Iterator[SourceBatch]:
@@ -265,30 +279,51 @@ class ImapConnector:
         meta = session.sizes(uids)
         logger.info("new mail", extra={"source": self.name, "folder": folder,
                                        "count": len(uids), "uidvalidity": uv})
+        groups = self._groups(uids, meta)
+        small = [[u for u in g if u in meta and meta[u][0] <= cfg.stream_threshold]
+                 for g in groups]
+        # while one batch is committed and acknowledged, the next one is fetched and its small
+        # mails made durable in a pack (worker thread); the session is used by the worker
+        # between start and take, by this thread (large mail) only outside that
+        prefetch = self._prefetch
+        try:
+            prefetch.start(_fetch_and_pack, session, small[0], ctx.blobs)
+            for i, group in enumerate(groups):
+                bodies, stored = prefetch.take()  # their blobs are durable
+                faults.point("imap_blobs_synced")
+                batch = self._batch(session, folder, uv, group, bodies, stored, meta, state,
+                                    ctx)
+                del bodies
+                if i + 1 < len(groups):
+                    prefetch.start(_fetch_and_pack, session, small[i + 1], ctx.blobs)
+                yield batch
+        finally:
+            prefetch.settle()
+
+    def _groups(self, uids: list[int], meta: dict[int, tuple[int, Any]]) -> list[list[int]]:
+        """Split UIDs into batches of at most ``batch_size`` mails and ``batch_bytes``."""
+        cfg = self.config
+        groups: list[list[int]] = []
         group: list[int] = []
         group_bytes = 0
         for uid in uids:
-            size = meta.get(uid, (0, None))[0]
-            if group and (len(group) >= cfg.batch_size
-                          or group_bytes + min(size, cfg.stream_threshold) > cfg.batch_bytes):
-                yield self._batch(session, folder, uv, group, meta, state, ctx)
+            size = min(meta.get(uid, (0, None))[0], cfg.stream_threshold)
+            if group and (len(group) >= cfg.batch_size or group_bytes + size > cfg.batch_bytes):
+                groups.append(group)
                 group, group_bytes = [], 0
             group.append(uid)
-            group_bytes += min(size, cfg.stream_threshold)
+            group_bytes += size
         if group:
-            yield self._batch(session, folder, uv, group, meta, state, ctx)
+            groups.append(group)
+        return groups
 
     def _batch(self, session: ImapSession, folder: str, uv: int, uids: list[int],
+               bodies: dict[int, bytes], stored: dict[int, BlobRef],
                meta: dict[int, tuple[int, Any]], state: dict[str, Any],
                ctx: IngestContext) -> SourceBatch:
+        """One batch from its small mails, fetched and made durable by
+        :func:`_fetch_and_pack`; large mail is streamed to blob files of its own here."""
         cfg = self.config
-        small = [u for u in uids if u in meta and meta[u][0] <= cfg.stream_threshold]
-        bodies = session.fetch_bodies(small) if small else {}
-        # blobs are fsynced one by one; writing them concurrently lets the file system
-        # commit many in one journal flush (each is still durable before the batch commit)
-        stored = dict(zip(bodies, self._pool().map(
-            lambda raw: ctx.blobs.put_bytes(raw, mime="message/rfc822"), bodies.values()),
-            strict=True)) if bodies else {}
         records: list[RawRecord] = []
         rejects: list[Reject] = []
         token = AckToken(folder, uv)
@@ -319,12 +354,6 @@ class ImapConnector:
         state[folder] = {"uidvalidity": uv, "last_uid": uids[-1]}
         return SourceBatch(records=records, rejects=rejects,
                            checkpoint={"folders": copy.deepcopy(state)}, ack_token=token)
-
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=self.config.blob_writers,
-                                                thread_name_prefix=f"imap-blobs-{self.name}")
-        return self._executor
 
     def _record(self, sha: str, size: int, msgid: str, generated: bool, idate: Any,
                 where: dict[str, Any], now: datetime) -> RawRecord:
@@ -358,14 +387,61 @@ class ImapConnector:
 
     # ------------------------------------------------------------------ ack
     def ack(self, batch: SourceBatch) -> None:
-        """Move (or flag) the committed mail; quarantine oversized mail."""
+        """Move (or flag) committed mail; quarantine oversized mail.
+
+        With ``after_commit: move``, acknowledgements of consecutive batches of one folder are
+        gathered and sent as one MOVE once ``ack_every`` mails are waiting, when the folder
+        changes and when a fetch or listen pass ends. Waiting is safe: the mail is committed;
+        if the process dies first, the next run finds it at or below the checkpoint and
+        acknowledges it without storing it again. \\Seen flags are set at once.
+        """
         tok = batch.ack_token
         if not isinstance(tok, AckToken) or not (tok.processed or tok.quarantine):
             return
+        pending = self._pending_ack
+        if pending is not None and (pending.folder, pending.uidvalidity) != (tok.folder,
+                                                                             tok.uidvalidity):
+            self.flush_acks()
+            pending = None
+        if pending is None:
+            pending = self._pending_ack = AckToken(tok.folder, tok.uidvalidity)
+        pending.processed.extend(tok.processed)
+        pending.quarantine.extend(tok.quarantine)
+        if (self.config.after_commit is not AfterCommit.move
+                or len(pending.processed) + len(pending.quarantine) >= self.config.ack_every):
+            self.flush_acks()
+
+    def flush_acks(self) -> None:
+        """Hand the acknowledgements gathered by :meth:`ack` to the sender now (they are sent
+        on the sender's own connection; :meth:`wait_acks` waits for them)."""
+        tok, self._pending_ack = self._pending_ack, None
+        if tok is not None:
+            self._acks.submit(tok)
+
+    def wait_acks(self) -> None:
+        """Send what is gathered and wait until every acknowledgement is done.
+
+        Raises:
+            Exception: the first that failed (the mail stays committed, in its folder).
+        """
+        self.flush_acks()
+        self._acks.wait()
+
+    def _wait_acks_quietly(self) -> None:
+        """At the end of a pass that failed: acknowledge what is committed if possible (if not,
+        the next run does it)."""
+        try:
+            self.wait_acks()
+        except Exception as exc:
+            logger.warning("could not acknowledge committed mail; the next run will",
+                           extra={"source": self.name, "error": str(exc)})
+
+    def _send_ack(self, session: ImapSession, tok: AckToken) -> None:
+        """Apply one acknowledgement (on the sender's session, in its thread)."""
         cfg = self.config
-        session = self._session()
-        if session.selected != tok.folder:
-            session.select(tok.folder)
+        # SELECT every time: this connection must see mail that arrived since its last look
+        # (UIDs it has not seen are silently skipped) and the current UIDVALIDITY
+        session.select(tok.folder)
         if session.uidvalidity != tok.uidvalidity:
             logger.warning("UIDVALIDITY changed before the ack; the next run rescans",
                            extra={"source": self.name, "folder": tok.folder})
@@ -414,10 +490,13 @@ class ImapConnector:
                         commit(batch)
                         self._renew_lock()
                         if stop.is_set():
+                            self._wait_acks_quietly()
                             return
+                self.wait_acks()
                 backoff = 1.0
                 self._wait_for_mail(session, stop)
             except Exception as exc:
+                self._wait_acks_quietly()  # what fails is acknowledged by the next pass
                 if not is_connection_error(exc):
                     self._drop_session()
                     self._release_lock()
@@ -474,12 +553,23 @@ class ImapConnector:
                              {"replayed": True}, now)]
 
     def close(self) -> None:
-        """Log out, release the lock and stop the blob writers."""
+        """Acknowledge what is committed, log out, release the lock, stop the prefetch."""
+        self._prefetch.close()
+        self.flush_acks()
+        self._acks.close()
         self._release_lock()
         self._drop_session()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+
+
+def _fetch_and_pack(session: ImapSession, uids: list[int],
+                    blobs: BlobStore) -> tuple[dict[int, bytes], dict[int, BlobRef]]:
+    """Fetch small mails whole and append them to ONE pack of the blob store, made durable by
+    one fsync (plus one index commit) before this returns: nothing can reference them before."""
+    bodies = session.fetch_bodies(uids) if uids else {}
+    pack = blobs.batch()
+    stored = {uid: pack.put_bytes(raw, mime="message/rfc822") for uid, raw in bodies.items()}
+    pack.sync()
+    return bodies, stored
 
 
 def _folder_state(checkpoint: dict[str, Any] | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
+from connectors.email import fast_fetch
 from connectors.email.config import ImapConfig, TlsMode
 from connectors.email.oauth2 import TokenError, TokenSource, token_source
 
@@ -196,12 +197,19 @@ class ImapSession:
         out: dict[int, tuple[int, Any]] = {}
         for i in range(0, len(uids), 1000):
             part = list(uids[i:i + 1000])
+            fast = fast_fetch.sizes(self.c, part)
+            if fast is not None:
+                out.update(fast)
+                continue
             for uid, data in self.c.fetch(part, ["RFC822.SIZE", "INTERNALDATE"]).items():
                 out[uid] = (int(data.get(b"RFC822.SIZE", 0)), data.get(b"INTERNALDATE"))
         return out
 
     def fetch_bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
         """Whole messages, without setting \\Seen (BODY.PEEK[])."""
+        fast = fast_fetch.bodies(self.c, uids)
+        if fast is not None:
+            return fast
         res = self.c.fetch(list(uids), ["BODY.PEEK[]"])
         return {uid: data[b"BODY[]"] for uid, data in res.items() if b"BODY[]" in data}
 

@@ -64,6 +64,11 @@ def neighbour_cells(lat: float, lon: float, radius_m: float) -> list[str]:
             for i in range(-r_lat, r_lat + 1) for j in range(-r_lon, r_lon + 1)]
 
 
+#: Raw records per INSERT statement in commit_ingest (8 parameters each: well under the
+#: parameter limits of SQLite and PostgreSQL).
+_INGEST_ROWS = 500
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
@@ -206,23 +211,24 @@ class SqlStore:
         result = IngestResult(raw_ids=[])
         now = ts(now_utc())
         with self._write_tx() as cur:
-            for rec in records:
-                self._exec(
-                    cur,
-                    "INSERT INTO raw_records (source, channel, source_ref, received_at, "
-                    "ingested_at, payload, attachments, raw_blob) VALUES (?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT (source, source_ref) DO NOTHING RETURNING id",
-                    (rec.source, rec.channel.value, rec.source_ref, ts(rec.received_at), now,
-                     _dumps(rec.payload),
-                     _dumps([a.model_dump(exclude_none=True) for a in rec.attachments]),
-                     rec.raw_blob),
-                )
-                row = cur.fetchone()
-                if row is None:
-                    result.duplicates += 1
-                else:
-                    result.inserted += 1
-                    result.raw_ids.append(int(row[0]))
+            for i in range(0, len(records), _INGEST_ROWS):
+                # one multi-row INSERT per chunk; RETURNING lists the rows inserted (duplicates,
+                # also within the chunk, are skipped by ON CONFLICT and not returned)
+                chunk = records[i:i + _INGEST_ROWS]
+                params: list[Any] = []
+                for rec in chunk:
+                    params += (rec.source, rec.channel.value, rec.source_ref,
+                               ts(rec.received_at), now, _dumps(rec.payload),
+                               _dumps([a.model_dump(exclude_none=True) for a in rec.attachments])
+                               if rec.attachments else "[]", rec.raw_blob)
+                self._exec(cur, "INSERT INTO raw_records (source, channel, source_ref, "
+                                "received_at, ingested_at, payload, attachments, raw_blob) VALUES "
+                           + ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk))
+                           + " ON CONFLICT (source, source_ref) DO NOTHING RETURNING id", params)
+                ids = sorted(int(row[0]) for row in cur.fetchall())
+                result.inserted += len(ids)
+                result.duplicates += len(chunk) - len(ids)
+                result.raw_ids.extend(ids)
             for rej in rejects:
                 blob = self._reject_blob(rej)
                 if blob is not None:

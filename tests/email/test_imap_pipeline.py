@@ -274,15 +274,15 @@ def test_same_message_id_different_bytes_is_a_duplicate(
 def test_nothing_is_flagged_or_moved_when_storing_fails(
         tmp_path: Path, dovecot: Dovecot, mailbox: str, imap_env: dict[str, str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from outbox.blobs import BlobStore
+    from outbox.blobs import PackWriter
 
     dovecot.append(mailbox, [mails.gbk_plain(), mails.big5_plain()])
     cfg = write_hub_config(tmp_path, dovecot, mailbox)
 
-    def disk_full(self: BlobStore, data: bytes, **_: Any) -> Any:
+    def disk_full(self: PackWriter, blobs: Any) -> Any:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(BlobStore, "put_bytes", disk_full)
+    monkeypatch.setattr(PackWriter, "append", disk_full)  # the batch's pack write fails
     summary = run(cfg)
     assert summary.ingest[0].error == "OSError: [Errno 28] No space left on device"
     assert rows(tmp_path, "SELECT COUNT(*) AS n FROM raw_records")[0]["n"] == 0
@@ -296,3 +296,46 @@ def test_nothing_is_flagged_or_moved_when_storing_fails(
     monkeypatch.setenv("IMAP_PASSWORD", dovecot.password)
     assert run(cfg).ingest[0].inserted == 2  # the next run picks them up
     assert folder_count(dovecot, mailbox, "INBOX") == 0
+
+
+def test_a_failed_move_fails_the_run_and_the_next_run_moves_without_duplicates(
+        tmp_path: Path, dovecot: Dovecot, mailbox: str, imap_env: dict[str, str]) -> None:
+    dovecot.append(mailbox, [mails.numbered(i) for i in range(7)])
+    # the processed folder is missing and may not be created: the MOVE (sent on the
+    # acknowledging connection, after the commit) fails
+    cfg = write_hub_config(tmp_path, dovecot, mailbox, create_folders=False)
+    summary = run(cfg)
+    assert summary.ingest[0].inserted == 7
+    assert summary.ingest[0].error is not None and "Processed" in summary.ingest[0].error
+    assert folder_count(dovecot, mailbox, "INBOX") == 7  # committed, still waiting
+    c = dovecot.client(mailbox)
+    try:
+        c.create_folder("Processed")
+    finally:
+        c.logout()
+    again = run(cfg)
+    assert again.ingest[0].error is None and again.ingest[0].inserted == 0
+    assert folder_count(dovecot, mailbox, "INBOX") == 0
+    assert folder_count(dovecot, mailbox, "Processed") == 7
+    assert rows(tmp_path, "SELECT COUNT(*) AS n FROM raw_records")[0]["n"] == 7
+
+
+def test_moves_are_gathered_across_batches(tmp_path: Path, dovecot: Dovecot, mailbox: str,
+                                           imap_env: dict[str, str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors.email.imap import ImapSession
+
+    moves: list[int] = []
+    real_move = ImapSession.move
+
+    def counting_move(self: ImapSession, uids: Any, target: str) -> None:
+        moves.append(len(uids))
+        real_move(self, uids, target)
+
+    monkeypatch.setattr(ImapSession, "move", counting_move)
+    dovecot.append(mailbox, [mails.numbered(i) for i in range(12)])
+    cfg = write_hub_config(tmp_path, dovecot, mailbox, batch_size=2, ack_every=5)
+    summary = run(cfg)
+    assert summary.ingest[0].inserted == 12 and summary.ingest[0].batches == 6
+    assert moves == [6, 6]  # 3 batches gathered per MOVE (>= 5 waiting), not 6 MOVEs
+    assert folder_count(dovecot, mailbox, "Processed") == 12

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -51,6 +52,24 @@ def test_raw_records_unique_and_checkpoint_in_same_commit(store: SqlStore) -> No
     assert store.get_checkpoint("src") == {"cursor": 3}
     dl = store.dead_letters()[0]
     assert dl["stage"] == "ingest" and store.blobs.read(dl["blob_sha256"]) == b"\xff"
+
+
+def test_large_batches_with_repeats_inside_and_across_chunks(store: SqlStore) -> None:
+    from outbox.store.sql import _INGEST_ROWS
+
+    refs = [f"r{i}" for i in range(2 * _INGEST_ROWS + 7)]
+    batch = [raw(r) for r in refs]
+    batch.insert(3, raw("r1"))  # a repeat within the first chunk
+    batch.append(raw("r2"))  # a repeat in the last chunk of one from the first
+    res = store.commit_ingest("src", batch)
+    assert (res.inserted, res.duplicates) == (len(refs), 2)
+    rows = store.query("SELECT id, source_ref, payload FROM raw_records ORDER BY id")
+    assert [r["source_ref"] for r in rows] == refs  # stored once each, in order
+    assert res.raw_ids == [r["id"] for r in rows]
+    assert json.loads(rows[5]["payload"]) == {"record": {"title": "r5"}}
+    again = store.commit_ingest("src", [raw("r0"), raw("new")])
+    new_id = store.query("SELECT id FROM raw_records WHERE source_ref = 'new'")[0]["id"]
+    assert (again.inserted, again.duplicates) == (1, 1) and again.raw_ids == [new_id]
 
 
 def test_failed_commit_keeps_neither_records_nor_checkpoint(store: SqlStore) -> None:
