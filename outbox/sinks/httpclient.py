@@ -1,0 +1,300 @@
+"""A lean HTTP/1.1 client for the sinks: pooled keep-alive :mod:`http.client` connections.
+
+:mod:`requests` spends three times the CPU of a bare :mod:`http.client` call on a small POST
+(session merging, hooks, cookie jars, adapters, urllib3's retry and response layers); under the
+interpreter lock that cost, not the network, bounds a delivery worker. This client keeps only
+what the sinks need:
+
+* one pool of idle keep-alive connections per origin (scheme, host, port), shared by the
+  delivery threads; a connection the server closed while idle is noticed before reuse;
+* a connect timeout for TCP + TLS, then a read timeout for every later socket operation;
+* TLS verified by default (``requests``' CA bundle, or a given bundle/folder, or none when
+  ``verify`` is False), hostname checked;
+* redirects followed for GET/HEAD only (up to :data:`MAX_REDIRECTS`; ``Authorization`` is dropped
+  when the origin changes); any other answer, 3xx included, is returned as it is;
+* no retries at all: the outbox owns them.
+
+Failures without an HTTP answer raise :class:`HttpClientError` with a ``kind`` saying how far
+the request got (see :data:`KINDS`); :mod:`outbox.sinks.http` turns it into a classified
+delivery error. Proxies are not handled here: the transport sends proxied origins through
+:mod:`requests`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import select
+import ssl
+import zlib
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+#: How far a failed request got: ``connect`` (refused, DNS, unreachable), ``connect_timeout``
+#: and ``tls`` (handshake or certificate) sent nothing; ``read_timeout``, ``lost`` (reset or
+#: closed after sending) and ``truncated`` (body cut short) may have been acted on.
+KINDS = frozenset({"connect", "connect_timeout", "tls", "read_timeout", "lost", "truncated",
+                   "invalid_url"})
+MAX_REDIRECTS = 10
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+USER_AGENT = "feedback-hub"
+
+Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
+Body = bytes | str | Mapping[str, Any] | Sequence[tuple[str, Any]] | None
+
+
+class HttpClientError(Exception):
+    """A request that got no HTTP answer; ``kind`` is one of :data:`KINDS`."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class HttpResponse:
+    """An answer read in full (the attributes the sinks use, named as in :mod:`requests`)."""
+
+    __slots__ = ("content", "headers", "reason", "status_code", "url")
+
+    def __init__(self, status_code: int, reason: str, headers: http.client.HTTPMessage,
+                 content: bytes, url: str) -> None:
+        self.status_code = status_code
+        self.reason = reason
+        self.headers = headers  # case-insensitive .get()
+        self.content = content
+        self.url = url
+
+    @property
+    def text(self) -> str:
+        """The body decoded with the charset the answer names (UTF-8 otherwise)."""
+        charset = self.headers.get_content_charset() or "utf-8"
+        try:
+            return self.content.decode(charset, errors="replace")
+        except LookupError:  # an unknown charset name
+            return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises ValueError when it is not)."""
+        return json.loads(self.content)
+
+
+def ssl_context(verify: bool | str) -> ssl.SSLContext:
+    """A client TLS context: ``True`` = the CA bundle requests would use, a path, or ``False``."""
+    if verify is False:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if verify is True:
+        from requests.utils import DEFAULT_CA_BUNDLE_PATH
+
+        verify = DEFAULT_CA_BUNDLE_PATH
+    if os.path.isdir(verify):
+        return ssl.create_default_context(capath=verify)
+    return ssl.create_default_context(cafile=verify)
+
+
+def encode_query(params: Params) -> str:
+    """``a=1&b=x+y`` as requests encodes it (sequences repeat the key)."""
+    return urlencode(list(params.items()) if isinstance(params, Mapping) else list(params),
+                     doseq=True) if params else ""
+
+
+def encode_body(data: Body, headers: dict[str, str]) -> bytes | None:
+    """Request body bytes; a mapping or list of pairs becomes a form (sets Content-Type)."""
+    if data is None or isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+    return encode_query(data).encode("ascii")
+
+
+class _Connection(http.client.HTTPConnection):
+    """Connects within ``connect_timeout``, then uses ``read_timeout`` for everything else."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float,
+                 read_timeout: float) -> None:
+        super().__init__(host, port, timeout=connect_timeout)
+        self.read_timeout = read_timeout
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(self.read_timeout)
+
+
+class _TlsConnection(http.client.HTTPSConnection):
+    """HTTPS with the same two timeouts; the handshake counts as connecting."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float, read_timeout: float,
+                 context: ssl.SSLContext) -> None:
+        super().__init__(host, port, timeout=connect_timeout, context=context)
+        self.read_timeout = read_timeout
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(self.read_timeout)
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """True when an idle connection was closed by the server (readable means EOF or junk)."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+class HttpClient:
+    """Pooled keep-alive connections per origin; thread-safe; no retries.
+
+    Args:
+        connect_timeout: seconds for TCP connect and TLS handshake.
+        read_timeout: seconds for each later socket operation (the answer included).
+        verify: see :func:`ssl_context`.
+        headers: sent with every request (per-request headers win).
+        pool_size: idle connections kept per origin.
+    """
+
+    def __init__(self, *, connect_timeout: float, read_timeout: float,
+                 verify: bool | str = True, headers: Mapping[str, str] | None = None,
+                 pool_size: int = 10) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.verify = verify
+        self.headers = {"User-Agent": USER_AGENT, "Accept": "*/*", **(headers or {})}
+        self.pool_size = pool_size
+        self._idle: dict[tuple[str, str, int], deque[http.client.HTTPConnection]] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def request(self, method: str, url: str, *, params: Params = None, data: Body = None,
+                headers: Mapping[str, str] | None = None,
+                follow_redirects: bool | None = None) -> HttpResponse:
+        """Send one request and read the whole answer; raise :class:`HttpClientError`."""
+        method = method.upper()
+        if follow_redirects is None:
+            follow_redirects = method in ("GET", "HEAD")
+        hdrs = {**self.headers, **(headers or {})}
+        body = encode_body(data, hdrs)
+        query = encode_query(params)
+        if query:
+            url = f"{url}{'&' if '?' in url else '?'}{query}"
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self._once(method, url, body, hdrs)
+            location = resp.headers.get("Location")
+            if not (follow_redirects and resp.status_code in REDIRECT_STATUS and location):
+                return resp
+            target = urljoin(url, location)
+            if _origin(target) != _origin(url):
+                hdrs.pop("Authorization", None)
+            url = target
+        return resp
+
+    def _once(self, method: str, url: str, body: bytes | None,
+              headers: dict[str, str]) -> HttpResponse:
+        origin = _origin(url)
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn = self._checkout(origin)
+        try:
+            try:
+                if conn.sock is None:
+                    conn.connect()
+            except TimeoutError as exc:
+                raise HttpClientError("connect_timeout", _why(exc)) from None
+            except (ssl.SSLError, ssl.CertificateError) as exc:
+                raise HttpClientError("tls", _why(exc)) from None
+            except OSError as exc:
+                raise HttpClientError("connect", _why(exc)) from None
+            try:
+                conn.request(method, target, body=body, headers=headers)
+                raw = conn.getresponse()
+                content = raw.read()
+            except TimeoutError as exc:
+                raise HttpClientError("read_timeout", _why(exc)) from None
+            except http.client.IncompleteRead as exc:
+                raise HttpClientError("truncated", f"IncompleteRead: {len(exc.partial)} bytes "
+                                                   f"read") from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise HttpClientError("lost", _why(exc)) from None
+        except BaseException:
+            conn.close()
+            raise
+        encoding = (raw.getheader("Content-Encoding") or "").lower()
+        if encoding in ("gzip", "deflate") and content:
+            try:
+                content = zlib.decompress(content, 47 if encoding == "gzip" else 15)
+            except zlib.error as exc:
+                conn.close()
+                raise HttpClientError("truncated", f"bad {encoding} body: {exc}") from None
+        if raw.will_close:
+            conn.close()
+        else:
+            self._checkin(origin, conn)
+        return HttpResponse(raw.status, raw.reason, raw.msg, content, url)
+
+    def _checkout(self, origin: tuple[str, str, int]) -> http.client.HTTPConnection:
+        idle = self._idle.get(origin)
+        while idle:
+            try:
+                conn = idle.pop()
+            except IndexError:  # another thread took the last one
+                break
+            if not _dropped(conn):
+                return conn
+            conn.close()
+        scheme, host, port = origin
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = ssl_context(self.verify)
+            return _TlsConnection(host, port, self.connect_timeout, self.read_timeout,
+                                  self._tls)
+        return _Connection(host, port, self.connect_timeout, self.read_timeout)
+
+    def _checkin(self, origin: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
+        idle = self._idle.setdefault(origin, deque())
+        if len(idle) < self.pool_size:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        pools, self._idle = self._idle, {}
+        for idle in pools.values():
+            while idle:
+                idle.pop().close()
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise HttpClientError("invalid_url", str(exc)) from None
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise HttpClientError("invalid_url", f"not an http(s) URL: {url.split('?')[0]!r}")
+    return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+__all__ = [
+    "KINDS",
+    "HttpClient",
+    "HttpClientError",
+    "HttpResponse",
+    "encode_body",
+    "encode_query",
+    "ssl_context",
+]
