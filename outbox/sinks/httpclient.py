@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 client for the sinks: pooled keep-alive :mod:`http.client` connections.
+"""A lean HTTP/1.1 client for the sinks: pooled keep-alive connections, no retries.
 
 :mod:`requests` spends three times the CPU of a bare :mod:`http.client` call on a small POST
 (session merging, hooks, cookie jars, adapters, urllib3's retry and response layers); under the
@@ -22,16 +22,19 @@ delivery error. Proxies are not handled here: the transport sends proxied origin
 
 from __future__ import annotations
 
-import http.client
+import functools
 import json
 import os
 import select
+import socket
 import ssl
 import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
+
+from outbox.sinks.http11 import Headers, ProtocolError, Truncated, read_response, request_head
 
 #: How far a failed request got: ``connect`` (refused, DNS, unreachable), ``connect_timeout``
 #: and ``tls`` (handshake or certificate) sent nothing; ``read_timeout``, ``lost`` (reset or
@@ -60,7 +63,7 @@ class HttpResponse:
 
     __slots__ = ("content", "headers", "reason", "status_code", "url")
 
-    def __init__(self, status_code: int, reason: str, headers: http.client.HTTPMessage,
+    def __init__(self, status_code: int, reason: str, headers: Headers,
                  content: bytes, url: str) -> None:
         self.status_code = status_code
         self.reason = reason
@@ -71,7 +74,7 @@ class HttpResponse:
     @property
     def text(self) -> str:
         """The body decoded with the charset the answer names (UTF-8 otherwise)."""
-        charset = self.headers.get_content_charset() or "utf-8"
+        charset = self.headers.content_charset() or "utf-8"
         try:
             return self.content.decode(charset, errors="replace")
         except LookupError:  # an unknown charset name
@@ -114,41 +117,62 @@ def encode_body(data: Body, headers: dict[str, str]) -> bytes | None:
     return encode_query(data).encode("ascii")
 
 
-class _Connection(http.client.HTTPConnection):
-    """Connects within ``connect_timeout``, then uses ``read_timeout`` for everything else."""
-
-    def __init__(self, host: str, port: int, connect_timeout: float,
-                 read_timeout: float) -> None:
-        super().__init__(host, port, timeout=connect_timeout)
-        self.read_timeout = read_timeout
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock.settimeout(self.read_timeout)
-
-
-class _TlsConnection(http.client.HTTPSConnection):
-    """HTTPS with the same two timeouts; the handshake counts as connecting."""
-
-    def __init__(self, host: str, port: int, connect_timeout: float, read_timeout: float,
-                 context: ssl.SSLContext) -> None:
-        super().__init__(host, port, timeout=connect_timeout, context=context)
-        self.read_timeout = read_timeout
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock.settimeout(self.read_timeout)
-
-
-def _dropped(conn: http.client.HTTPConnection) -> bool:
-    """True when an idle connection was closed by the server (readable means EOF or junk)."""
-    sock = conn.sock
-    if sock is None:
-        return True
+@functools.lru_cache(maxsize=256)
+def _parse_url(url: str) -> tuple[tuple[str, str, int], str, str]:
+    """(origin, request target, Host header) of an absolute URL (sinks reuse a few URLs)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
     try:
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
+        port = parts.port
+    except ValueError as exc:
+        raise HttpClientError("invalid_url", str(exc)) from None
+    host = parts.hostname
+    if scheme not in ("http", "https") or not host:
+        raise HttpClientError("invalid_url", f"not an http(s) URL: {url.split('?')[0]!r}")
+    default = 443 if scheme == "https" else 80
+    host_header = f"[{host}]" if ":" in host else host
+    if port and port != default:
+        host_header += f":{port}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (scheme, host, port or default), target, host_header
+
+
+class _Connection:
+    """One keep-alive connection, connected within ``connect_timeout`` (TCP and the TLS
+    handshake); every later socket operation waits at most ``read_timeout``."""
+
+    __slots__ = ("rfile", "sock")
+
+    def __init__(self, origin: tuple[str, str, int], connect_timeout: float,
+                 read_timeout: float, tls: ssl.SSLContext | None) -> None:
+        _, host, port = origin
+        sock = socket.create_connection((host, port), connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname=host)
+            sock.settimeout(read_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock: socket.socket | None = sock
+        self.rfile = sock.makefile("rb")  # buffered, kept for the connection's life
+
+    def dropped(self) -> bool:
+        """True when the server closed this idle connection (readable means EOF or junk)."""
+        if self.sock is None:
+            return True
+        try:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self.sock is not None:
+            self.rfile.close()
+            self.sock.close()
+            self.sock = None
 
 
 class HttpClient:
@@ -168,9 +192,10 @@ class HttpClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.verify = verify
-        self.headers = {"User-Agent": USER_AGENT, "Accept": "*/*", **(headers or {})}
+        self.headers = {"User-Agent": USER_AGENT, "Accept": "*/*",
+                        "Accept-Encoding": "identity", **(headers or {})}
         self.pool_size = pool_size
-        self._idle: dict[tuple[str, str, int], deque[http.client.HTTPConnection]] = {}
+        self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
         self._tls: ssl.SSLContext | None = None
 
     def request(self, method: str, url: str, *, params: Params = None, data: Body = None,
@@ -191,73 +216,70 @@ class HttpClient:
             if not (follow_redirects and resp.status_code in REDIRECT_STATUS and location):
                 return resp
             target = urljoin(url, location)
-            if _origin(target) != _origin(url):
+            if _parse_url(target)[0] != _parse_url(url)[0]:
                 hdrs.pop("Authorization", None)
             url = target
         return resp
 
     def _once(self, method: str, url: str, body: bytes | None,
               headers: dict[str, str]) -> HttpResponse:
-        origin = _origin(url)
-        parts = urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        origin, target, host = _parse_url(url)
+        head = request_head(method, target, host, headers, body)
         conn = self._checkout(origin)
+        sock = conn.sock
+        assert sock is not None
         try:
-            try:
-                if conn.sock is None:
-                    conn.connect()
-            except TimeoutError as exc:
-                raise HttpClientError("connect_timeout", _why(exc)) from None
-            except (ssl.SSLError, ssl.CertificateError) as exc:
-                raise HttpClientError("tls", _why(exc)) from None
-            except OSError as exc:
-                raise HttpClientError("connect", _why(exc)) from None
-            try:
-                conn.request(method, target, body=body, headers=headers)
-                raw = conn.getresponse()
-                content = raw.read()
-            except TimeoutError as exc:
-                raise HttpClientError("read_timeout", _why(exc)) from None
-            except http.client.IncompleteRead as exc:
-                raise HttpClientError("truncated", f"IncompleteRead: {len(exc.partial)} bytes "
-                                                   f"read") from None
-            except (OSError, http.client.HTTPException) as exc:
-                raise HttpClientError("lost", _why(exc)) from None
-        except BaseException:
+            sock.sendall(head + body if body else head)
+            answer = read_response(conn.rfile, method)
+        except BaseException as exc:
             conn.close()
+            if isinstance(exc, TimeoutError):
+                raise HttpClientError("read_timeout", _why(exc)) from None
+            if isinstance(exc, Truncated):
+                raise HttpClientError("truncated", str(exc)) from None
+            if isinstance(exc, (OSError, ProtocolError)):
+                raise HttpClientError("lost", _why(exc)) from None
             raise
-        encoding = (raw.getheader("Content-Encoding") or "").lower()
+        content = answer.body
+        encoding = (answer.headers.get("content-encoding") or "").lower()
         if encoding in ("gzip", "deflate") and content:
             try:
                 content = zlib.decompress(content, 47 if encoding == "gzip" else 15)
             except zlib.error as exc:
                 conn.close()
                 raise HttpClientError("truncated", f"bad {encoding} body: {exc}") from None
-        if raw.will_close:
+        if answer.will_close:
             conn.close()
         else:
             self._checkin(origin, conn)
-        return HttpResponse(raw.status, raw.reason, raw.msg, content, url)
+        return HttpResponse(answer.status, answer.reason, answer.headers, content, url)
 
-    def _checkout(self, origin: tuple[str, str, int]) -> http.client.HTTPConnection:
+    def _checkout(self, origin: tuple[str, str, int]) -> _Connection:
+        """An idle connection to ``origin`` that is still open, or a new one."""
         idle = self._idle.get(origin)
         while idle:
             try:
                 conn = idle.pop()
             except IndexError:  # another thread took the last one
                 break
-            if not _dropped(conn):
+            if not conn.dropped():
                 return conn
             conn.close()
-        scheme, host, port = origin
-        if scheme == "https":
+        tls = None
+        if origin[0] == "https":
             if self._tls is None:
                 self._tls = ssl_context(self.verify)
-            return _TlsConnection(host, port, self.connect_timeout, self.read_timeout,
-                                  self._tls)
-        return _Connection(host, port, self.connect_timeout, self.read_timeout)
+            tls = self._tls
+        try:
+            return _Connection(origin, self.connect_timeout, self.read_timeout, tls)
+        except TimeoutError as exc:
+            raise HttpClientError("connect_timeout", _why(exc)) from None
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise HttpClientError("tls", _why(exc)) from None
+        except OSError as exc:
+            raise HttpClientError("connect", _why(exc)) from None
 
-    def _checkin(self, origin: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
+    def _checkin(self, origin: tuple[str, str, int], conn: _Connection) -> None:
         idle = self._idle.setdefault(origin, deque())
         if len(idle) < self.pool_size:
             idle.append(conn)
@@ -270,18 +292,6 @@ class HttpClient:
         for idle in pools.values():
             while idle:
                 idle.pop().close()
-
-
-def _origin(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise HttpClientError("invalid_url", str(exc)) from None
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise HttpClientError("invalid_url", f"not an http(s) URL: {url.split('?')[0]!r}")
-    return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
 
 
 def _why(exc: BaseException) -> str:

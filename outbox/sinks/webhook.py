@@ -33,7 +33,7 @@ from pydantic import Field, SecretStr
 from hub.config_types import ComponentConfig, Duration
 from outbox.sinks.base import Delivery, DeliveryError, Receipt
 from outbox.sinks.http import HttpTransport, SessionFactory, json_body
-from outbox.sinks.signing import sign_headers
+from outbox.sinks.signing import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class WebhookSink:
                                        retry_after_cap=config.retry_after_cap,
                                        pool_size=max(10, config.concurrency),
                                        base_url=config.url)
-        self._secret = config.secret.get_secret_value() if config.secret else None
+        self._signer = Signer(config.secret.get_secret_value()) if config.secret else None
 
     @classmethod
     def from_config(cls, config: WebhookSinkConfig, runtime: Any) -> WebhookSink:
@@ -95,8 +95,8 @@ class WebhookSink:
 
     def _post(self, body: bytes, key: str) -> Any:
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
-        if self._secret:
-            headers.update(sign_headers(self._secret, body))
+        if self._signer is not None:
+            headers.update(self._signer.headers(body))
         return self.transport.request("POST", self.config.url, data=body, headers=headers,
                                       what=f"POST {self.name}")
 
