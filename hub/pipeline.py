@@ -14,13 +14,13 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 from typing import Any
 
 from connectors.base import Connector, IngestContext
@@ -365,7 +365,7 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
     target = [s for s in (sinks or configured) if s in configured]
     hub.store.expire_claims_of_dead_workers(socket.gethostname())
     done = 0
-    pools: dict[str, ThreadPoolExecutor] = {}
+    pools: dict[str, CallPool] = {}
     try:
         while limit is None or done < limit:
             size = policy.batch_size if limit is None else min(policy.batch_size, limit - done)
@@ -381,8 +381,7 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
                 sink = hub.sink(name)
                 workers = max(1, int(getattr(sink, "concurrency", 1) or 1))
                 if workers > 1 and name not in pools:
-                    pools[name] = ThreadPoolExecutor(max_workers=workers,
-                                                     thread_name_prefix=f"deliver-{name}")
+                    pools[name] = CallPool(sink, workers)
                 slowest = float(getattr(getattr(sink, "config", None), "timeout", 0) or 0)
                 _deliver_rows(hub, sink, rows, stats, now_fn, pools.get(name), workers,
                               deadline - 2 * slowest)
@@ -391,7 +390,7 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
                 progress("deliver", done, None)
     finally:
         for pool in pools.values():
-            pool.shutdown(wait=True)
+            pool.close()
     if stats.delivered or stats.retried or stats.dead:
         logger.info("delivered", extra={"delivered": stats.delivered, "retried": stats.retried,
                                         "dead": stats.dead})
@@ -426,76 +425,115 @@ def _call(sink: Sink, attempts: list[_Attempt]) -> None:
         a.outcome, a.seconds = outcome, elapsed
 
 
-def _run_calls(sink: Sink, calls: list[list[_Attempt]], pool: ThreadPoolExecutor | None,
-               workers: int) -> Iterator[list[_Attempt]]:
-    """Run the calls (``workers`` at a time on ``pool``); yield each one as it completes.
+class CallPool:
+    """``workers`` threads that run one sink's calls from a queue, for one ``deliver`` run.
 
-    Each pool thread takes calls from a shared queue until none is left, and hands every
-    finished call back through a second queue: two cheap queue operations per call instead of
-    a future, a waiter and a condition variable.
+    A chunk's calls are queued at once; each finished call comes back through the chunk's own
+    queue: two cheap queue operations per call, no future, waiter or condition variable.
     """
-    if pool is None:
-        for c in calls:
-            _call(sink, c)
-            yield c
-        return
-    todo: SimpleQueue[list[_Attempt]] = SimpleQueue()
-    done: SimpleQueue[list[_Attempt]] = SimpleQueue()
-    for c in calls:
-        todo.put(c)
 
-    def work() -> None:
+    def __init__(self, sink: Sink, workers: int) -> None:
+        self.sink = sink
+        self._todo: SimpleQueue[tuple[list[_Attempt], SimpleQueue[list[_Attempt]]] | None] = \
+            SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, daemon=True,
+                                          name=f"deliver-{getattr(sink, 'name', '?')}-{i}")
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
         while True:
-            try:
-                c = todo.get(block=False)
-            except Empty:
+            item = self._todo.get()
+            if item is None:
                 return
+            calls, done = item
             try:
-                _call(sink, c)
+                _call(self.sink, calls)
             finally:
-                done.put(c)
+                done.put(calls)
 
-    for _ in range(min(workers, len(calls))):
-        pool.submit(work)
-    for _ in range(len(calls)):
-        yield done.get()
+    def start(self, calls: list[list[_Attempt]]) -> Iterator[list[_Attempt]]:
+        """Queue the calls; iterate to get each one as it completes."""
+        done: SimpleQueue[list[_Attempt]] = SimpleQueue()
+        for c in calls:
+            self._todo.put((c, done))
+        return (done.get() for _ in range(len(calls)))
+
+    def close(self) -> None:
+        """Let the threads finish the queued calls, then stop them."""
+        for _ in self._threads:
+            self._todo.put(None)
+        for t in self._threads:
+            t.join()
+
+
+def _start_calls(sink: Sink, calls: list[list[_Attempt]], pool: CallPool | None
+                 ) -> Iterator[list[_Attempt]]:
+    """Start the calls on ``pool``, or (without one) run them in order as they are iterated."""
+    return pool.start(calls) if pool is not None else _run_in_order(sink, calls)
+
+
+def _run_in_order(sink: Sink, calls: list[list[_Attempt]]) -> Iterator[list[_Attempt]]:
+    for c in calls:
+        _call(sink, c)
+        yield c
+
+
+def _finish(hub: Hub, results: Iterator[list[_Attempt]], stats: DeliverStats,
+            now_fn: Callable[[], datetime]) -> None:
+    """Record the outcomes of a chunk as its calls complete, then its receipts in one go."""
+    receipts: list[tuple[ClaimedDelivery, str | None, int | None, dict[str, Any]]] = []
+    for c in results:
+        for a in c:
+            _record(hub, a, stats, now_fn, receipts)
+    # one transaction for the chunk's receipts; a crash before it makes every row's attempt
+    # "unrecorded", so the next try carries ambiguous_seen (same idempotency key)
+    hub.store.complete_deliveries(receipts)
+    for d, *_ in receipts:
+        stats.delivered += 1
+        stats.by_sink[d.sink] += 1
 
 
 def _deliver_rows(hub: Hub, sink: Sink, rows: list[ClaimedDelivery], stats: DeliverStats,
-                  now_fn: Callable[[], datetime], pool: ThreadPoolExecutor | None,
+                  now_fn: Callable[[], datetime], pool: CallPool | None,
                   workers: int = 1, deadline: float = float("inf")) -> None:
     """Deliver claimed rows of one sink; rows not started before ``deadline`` are released.
 
     The deadline keeps every call inside the claim's lease: a row whose lease ran out could be
-    claimed by another worker while it still waits here.
+    claimed by another worker while it still waits here. With a pool, chunks overlap: the
+    next chunk is prepared (payloads read, attempts recorded) and its calls started before the
+    outcomes of the previous one are recorded, so the threads never wait for the store.
     """
     per_call = max(1, int(getattr(sink, "batch_size", 1) or 1))
     if not hasattr(sink, "deliver_batch"):
         per_call = 1
-    chunk = 1 if pool is None and per_call == 1 else per_call * workers * 16
-    for i in range(0, len(rows), chunk):
-        if i and time.monotonic() > deadline:  # the first chunk always goes
-            for d in rows[i:]:
-                hub.store.release(d)
-            logger.warning("lease nearly over, rows released", extra={
-                "sink": getattr(sink, "name", "?"), "released": len(rows) - i})
-            return
-        part = rows[i:i + chunk]
-        if chunk == 1:  # one at a time: record each outcome before the next call
-            deliver_one(hub, part[0], stats, now_fn)
-            continue
-        prepared = _prepare_many(hub, part, stats, now_fn)
-        calls = [prepared[j:j + per_call] for j in range(0, len(prepared), per_call)]
-        receipts: list[tuple[ClaimedDelivery, str | None, int | None, dict[str, Any]]] = []
-        for c in _run_calls(sink, calls, pool, workers):  # recorded while others are in flight
-            for a in c:
-                _record(hub, a, stats, now_fn, receipts)
-        # one transaction for the chunk's receipts; a crash before it makes every row's
-        # attempt "unrecorded", so the next try carries ambiguous_seen (same idempotency key)
-        hub.store.complete_deliveries(receipts)
-        for d, *_ in receipts:
-            stats.delivered += 1
-            stats.by_sink[d.sink] += 1
+    chunk = 1 if pool is None and per_call == 1 else per_call * workers * 4
+    in_flight: Iterator[list[_Attempt]] | None = None
+    try:
+        for i in range(0, len(rows), chunk):
+            if i and time.monotonic() > deadline:  # the first chunk always goes
+                for d in rows[i:]:
+                    hub.store.release(d)
+                logger.warning("lease nearly over, rows released", extra={
+                    "sink": getattr(sink, "name", "?"), "released": len(rows) - i})
+                return
+            part = rows[i:i + chunk]
+            if chunk == 1:  # one at a time: record each outcome before the next call
+                deliver_one(hub, part[0], stats, now_fn)
+                continue
+            prepared = _prepare_many(hub, part, stats, now_fn)
+            calls = [prepared[j:j + per_call] for j in range(0, len(prepared), per_call)]
+            started = _start_calls(sink, calls, pool)
+            if pool is None:  # strictly one after another: finish before preparing more
+                _finish(hub, started, stats, now_fn)
+                continue
+            previous, in_flight = in_flight, started
+            if previous is not None:
+                _finish(hub, previous, stats, now_fn)
+    finally:
+        if in_flight is not None:
+            _finish(hub, in_flight, stats, now_fn)
 
 
 def _prepare_many(hub: Hub, rows: list[ClaimedDelivery], stats: DeliverStats,
