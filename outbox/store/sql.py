@@ -15,6 +15,7 @@ Guarantees this module provides:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -81,14 +82,24 @@ def _fast_dumps(value: dict[str, Any]) -> str:
     return orjson.dumps(value, default=str).decode("utf-8")
 
 
-_MARK_DELIVERED = ("UPDATE outbox SET state = 'delivered', delivered_at = ?, remote_id = ?, "
-                   "claimed_by = NULL, claimed_until = NULL, last_error = NULL WHERE id = ?")
-_INSERT_RECEIPT = ("INSERT INTO receipts (outbox_id, sink, case_id, idempotency_key, remote_id, "
-                   "status_code, at, detail) VALUES (?,?,?,?,?,?,?,?)")
-_INSERT_EVENT = ("INSERT INTO case_events (case_id, event_id, at, kind, text, data) "
-                 "VALUES (?,?,?,?,?,?) ON CONFLICT (case_id, event_id) DO NOTHING")
-_CASE_DELIVERED = ("UPDATE cases SET status = CASE WHEN status = 'new' THEN 'delivered' "
-                   "ELSE status END, updated_at = ? WHERE case_id = ?")
+#: Rows per multi-row statement (8 values each stays far under SQLite's 32,766 variables).
+_ROWS_PER_STATEMENT = 200
+
+
+def _parts(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_marks(rows: int, cols: int) -> str:
+    """``(?,?),(?,?)`` for a multi-row VALUES list."""
+    one = f"({_marks(cols)})"
+    return ",".join([one] * rows)
 
 
 def _delivered_text(d: ClaimedDelivery, remote_id: str | None) -> str:
@@ -433,13 +444,15 @@ class SqlStore:
     def start_attempts(self, ids: Sequence[int], worker: str, at: datetime | None = None
                        ) -> None:
         """Record that attempts are being made for several rows (one transaction)."""
+        if not ids:
+            return
         at_s = ts(at or now_utc())
         with self._write_tx() as cur:
-            cur.executemany(self._sql("UPDATE outbox SET attempts = attempts + 1, "
-                                      "last_attempt_at = ?, first_attempt_at = "
-                                      "COALESCE(first_attempt_at, ?) WHERE id = ? AND "
-                                      "claimed_by = ?"),
-                            [(at_s, at_s, i, worker) for i in ids])
+            for part in _parts(ids, _ROWS_PER_STATEMENT):
+                self._exec(cur, f"UPDATE outbox SET attempts = attempts + 1, last_attempt_at = "
+                                f"?, first_attempt_at = COALESCE(first_attempt_at, ?) WHERE "
+                                f"claimed_by = ? AND id IN ({_marks(len(part))})",
+                           (at_s, at_s, worker, *part))
 
     def delivery_payloads(self, rows: Sequence[ClaimedDelivery]
                           ) -> dict[int, tuple[dict[str, Any], dict[str, Any] | None]]:
@@ -474,26 +487,40 @@ class SqlStore:
                             at: datetime | None = None) -> None:
         """Record several receipts in one transaction: (row, remote_id, status, detail).
 
-        Each statement runs once for the whole chunk (``executemany``): the row marked
-        delivered, its receipt, its ``delivered`` timeline event, the case status.
+        A few statements for the whole chunk, each over many rows (multi-row ``VALUES``,
+        ``IN`` lists): the receipts, the ``delivered`` timeline events, the rows marked
+        delivered (with the remote id of their receipt), the case status.
         """
         if not items:
             return
         at_s = ts(at or now_utc())
         with self._write_tx() as cur:
-            cur.executemany(self._sql(_MARK_DELIVERED),
-                            [(at_s, remote_id, d.id) for d, remote_id, _, _ in items])
-            cur.executemany(self._sql(_INSERT_RECEIPT), [
-                (d.id, d.sink, d.case_id, d.idempotency_key, remote_id, status_code, at_s,
-                 _fast_dumps(detail or {})) for d, remote_id, status_code, detail in items])
-            cur.executemany(self._sql(_INSERT_EVENT), [
-                (d.case_id, f"delivery:{d.id}", at_s, "delivered", _delivered_text(d, remote_id),
-                 _fast_dumps(_delivered_data(d, remote_id, status_code)))
-                for d, remote_id, status_code, _ in items])
-            # one lock order for every worker (PostgreSQL): by case id
-            cases = sorted((at_s, d.case_id) for d, *_ in items if d.kind == "case")
-            if cases:
-                cur.executemany(self._sql(_CASE_DELIVERED), cases)
+            for part in _parts(items, _ROWS_PER_STATEMENT):
+                self._exec(cur, "INSERT INTO receipts (outbox_id, sink, case_id, "
+                                "idempotency_key, remote_id, status_code, at, detail) VALUES "
+                                + _rows_marks(len(part), 8),
+                           [v for d, remote_id, status_code, detail in part
+                            for v in (d.id, d.sink, d.case_id, d.idempotency_key, remote_id,
+                                      status_code, at_s, _fast_dumps(detail or {}))])
+                self._exec(cur, "INSERT INTO case_events (case_id, event_id, at, kind, text, "
+                                "data) VALUES " + _rows_marks(len(part), 6)
+                                + " ON CONFLICT (case_id, event_id) DO NOTHING",
+                           [v for d, remote_id, status_code, _ in part
+                            for v in (d.case_id, f"delivery:{d.id}", at_s, "delivered",
+                                      _delivered_text(d, remote_id),
+                                      _fast_dumps(_delivered_data(d, remote_id, status_code)))])
+                self._exec(cur, "UPDATE outbox SET state = 'delivered', delivered_at = ?, "
+                                "remote_id = (SELECT r.remote_id FROM receipts r WHERE "
+                                "r.outbox_id = outbox.id ORDER BY r.id DESC LIMIT 1), "
+                                "claimed_by = NULL, claimed_until = NULL, last_error = NULL "
+                                f"WHERE id IN ({_marks(len(part))})",
+                           (at_s, *(d.id for d, *_ in part)))
+                # one lock order for every worker (PostgreSQL): by case id
+                cases = sorted({d.case_id for d, *_ in part if d.kind == "case"})
+                if cases:
+                    self._exec(cur, "UPDATE cases SET status = CASE WHEN status = 'new' THEN "
+                                    "'delivered' ELSE status END, updated_at = ? WHERE "
+                                    f"case_id IN ({_marks(len(cases))})", (at_s, *cases))
 
     def complete_delivery(self, d: ClaimedDelivery, *, remote_id: str | None,
                           status_code: int | None, detail: dict[str, Any] | None = None,
