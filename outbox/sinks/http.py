@@ -5,8 +5,8 @@ turns every outcome into the sink contract: a response to keep, or a classified
 :class:`~outbox.sinks.base.DeliveryError`.
 
 * By default requests go through :class:`~outbox.sinks.httpclient.HttpClient`: pooled
-  keep-alive :mod:`http.client` connections, about a third of the CPU of a :mod:`requests`
-  call, which is what bounds a delivery worker. Origins that need a proxy (``HTTPS_PROXY``,
+  keep-alive HTTP/1.1 connections at about a ninth of the CPU of a :mod:`requests` call,
+  which is what bounds a delivery worker. Origins that need a proxy (``HTTPS_PROXY``,
   ``NO_PROXY``... in the environment) and transports given a session factory use a
   :class:`requests.Session` instead; both classify failures the same way.
 * No retries happen here (no urllib3 retries, no redirects for POST): the outbox owns
