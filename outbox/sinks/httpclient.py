@@ -22,6 +22,7 @@ delivery error. Proxies are not handled here: the transport sends proxied origin
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -31,8 +32,8 @@ import ssl
 import zlib
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import unquote, urlencode, urljoin, urlsplit
 
 from outbox.sinks.http11 import Headers, ProtocolError, Truncated, read_response, request_head
 
@@ -117,24 +118,39 @@ def encode_body(data: Body, headers: dict[str, str]) -> bytes | None:
     return encode_query(data).encode("ascii")
 
 
+class _Target(NamedTuple):
+    """Where a URL sends a request."""
+
+    origin: tuple[str, str, int]  # scheme, host, port
+    path: str  # the request target: path and query
+    host: str  # the Host header
+    auth: str | None  # Basic credentials from user:password@ in the URL, as requests sends
+
+
 @functools.lru_cache(maxsize=256)
-def _parse_url(url: str) -> tuple[tuple[str, str, int], str, str]:
-    """(origin, request target, Host header) of an absolute URL (sinks reuse a few URLs)."""
+def _parse_url(url: str) -> _Target:
+    """Parse an absolute http(s) URL once (sinks reuse a few URLs)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     try:
         port = parts.port
-    except ValueError as exc:
-        raise HttpClientError("invalid_url", str(exc)) from None
+    except ValueError:
+        raise HttpClientError("invalid_url", "the port is not a number") from None
     host = parts.hostname
     if scheme not in ("http", "https") or not host:
-        raise HttpClientError("invalid_url", f"not an http(s) URL: {url.split('?')[0]!r}")
+        # never echo the URL: it may carry credentials
+        raise HttpClientError("invalid_url", f"not an http(s) URL with a host (scheme "
+                                             f"{scheme!r})")
     default = 443 if scheme == "https" else 80
     host_header = f"[{host}]" if ":" in host else host
     if port and port != default:
         host_header += f":{port}"
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return (scheme, host, port or default), target, host_header
+    auth = None
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        auth = "Basic " + base64.b64encode(pair.encode("latin-1")).decode("ascii")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Target((scheme, host, port or default), path, host_header, auth)
 
 
 class _Connection:
@@ -216,15 +232,17 @@ class HttpClient:
             if not (follow_redirects and resp.status_code in REDIRECT_STATUS and location):
                 return resp
             target = urljoin(url, location)
-            if _parse_url(target)[0] != _parse_url(url)[0]:
+            if _parse_url(target).origin != _parse_url(url).origin:
                 hdrs.pop("Authorization", None)
             url = target
         return resp
 
     def _once(self, method: str, url: str, body: bytes | None,
               headers: dict[str, str]) -> HttpResponse:
-        origin, target, host = _parse_url(url)
-        head = request_head(method, target, host, headers, body)
+        origin, path, host, auth = _parse_url(url)
+        if auth is not None and "Authorization" not in headers:
+            headers = {**headers, "Authorization": auth}
+        head = request_head(method, path, host, headers, body)
         conn = self._checkout(origin)
         sock = conn.sock
         assert sock is not None

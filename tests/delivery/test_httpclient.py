@@ -234,3 +234,15 @@ def test_proxied_origins_go_through_requests(monkeypatch: pytest.MonkeyPatch) ->
     assert not t._pooled("http://city.example/hook")
     assert t._pooled("http://direct.example/hook")
     assert not HttpTransport(lambda: requests.Session())._pooled("http://direct.example/")
+
+
+def test_credentials_in_the_url_become_basic_auth_and_never_show_in_errors() -> None:
+    with scripted(OK) as s:
+        url = s.url.replace("http://", "http://hub:s%3Acret@") + "/hook"
+        assert client().request("POST", url, data=b"x").status_code == 200
+        # what requests sends for the same URL
+        expected = requests.Request("POST", url).prepare().headers["Authorization"]
+        assert f"Authorization: {expected}\r\n".encode() in s.requests[0]
+    with pytest.raises(DeliveryError) as info:
+        HttpTransport().request("POST", "ftp://hub:s3cret@example.org/x", data=b"x")
+    assert not info.value.retryable and "s3cret" not in info.value.reason
