@@ -103,9 +103,15 @@ def ssl_context(verify: bool | str) -> ssl.SSLContext:
 
 
 def encode_query(params: Params) -> str:
-    """``a=1&b=x+y`` as requests encodes it (sequences repeat the key)."""
-    return urlencode(list(params.items()) if isinstance(params, Mapping) else list(params),
-                     doseq=True) if params else ""
+    """``a=1&b=x+y`` as requests encodes it: a list value repeats the key, None is left out."""
+    if not params:
+        return ""
+    pairs: list[tuple[str, Any]] = []
+    for key, values in (params.items() if isinstance(params, Mapping) else params):
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            values = [values]
+        pairs.extend((key, v) for v in values if v is not None)
+    return urlencode(pairs)
 
 
 def encode_body(data: Body, headers: dict[str, str]) -> bytes | None:

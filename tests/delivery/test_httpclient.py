@@ -19,7 +19,7 @@ import requests
 from outbox.sinks.base import DeliveryError
 from outbox.sinks.http import HttpTransport
 from outbox.sinks.http11 import Headers, request_head
-from outbox.sinks.httpclient import HttpClient, encode_body
+from outbox.sinks.httpclient import HttpClient, encode_body, encode_query
 from outbox.sinks.signing import Signer, sign_headers
 
 pytestmark = pytest.mark.integration
@@ -212,6 +212,10 @@ def test_form_encoding_matches_requests() -> None:
     theirs = requests.Request("POST", "http://x/", data=form).prepare()
     assert ours == theirs.body.encode() and headers["Content-Type"] == \
         theirs.headers["Content-Type"]
+    params = {"service_request_id": "a,b", "jurisdiction_id": None, "n": 3,
+              "code": ["001", "002"]}
+    theirs = requests.Request("GET", "http://x/r", params=params).prepare()
+    assert "http://x/r?" + encode_query(params) == theirs.url
 
 
 def test_headers_ignore_case() -> None:
