@@ -426,21 +426,19 @@ def _call(sink: Sink, attempts: list[_Attempt]) -> None:
 
 
 class CallPool:
-    """``workers`` threads that run one sink's calls from a queue, for one ``deliver`` run.
+    """Up to ``workers`` threads that run one sink's calls from a queue, for one ``deliver`` run.
 
     A chunk's calls are queued at once; each finished call comes back through the chunk's own
     queue: two cheap queue operations per call, no future, waiter or condition variable.
+    Threads are started as the calls need them (one row needs one thread).
     """
 
     def __init__(self, sink: Sink, workers: int) -> None:
         self.sink = sink
+        self.workers = workers
         self._todo: SimpleQueue[tuple[list[_Attempt], SimpleQueue[list[_Attempt]]] | None] = \
             SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, daemon=True,
-                                          name=f"deliver-{getattr(sink, 'name', '?')}-{i}")
-                         for i in range(workers)]
-        for t in self._threads:
-            t.start()
+        self._threads: list[threading.Thread] = []
 
     def _work(self) -> None:
         while True:
@@ -455,6 +453,11 @@ class CallPool:
 
     def start(self, calls: list[list[_Attempt]]) -> Iterator[list[_Attempt]]:
         """Queue the calls; iterate to get each one as it completes."""
+        while len(self._threads) < min(self.workers, len(calls)):
+            t = threading.Thread(target=self._work, daemon=True, name=f"deliver-"
+                                 f"{getattr(self.sink, 'name', '?')}-{len(self._threads)}")
+            t.start()
+            self._threads.append(t)
         done: SimpleQueue[list[_Attempt]] = SimpleQueue()
         for c in calls:
             self._todo.put((c, done))
@@ -466,6 +469,7 @@ class CallPool:
             self._todo.put(None)
         for t in self._threads:
             t.join()
+        self._threads.clear()
 
 
 def _start_calls(sink: Sink, calls: list[list[_Attempt]], pool: CallPool | None
