@@ -28,7 +28,7 @@ import yaml
 
 from bench.common import WORK, write_results
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 3000
+N = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 10000
 REPO = Path(__file__).resolve().parent.parent
 #: Connections of wrk, and the webhook sink's concurrency in the comparison with it.
 WRK_CONNECTIONS = 8
@@ -264,13 +264,14 @@ def main() -> None:
                      "goal": ">= 1.8x one worker"})
     write_results("P6", "delivery throughput (webhook vs wrk, Open311, PostgreSQL workers)",
                   rows, notes=f"Load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
-                  "after, on 2 cores shared with other work (it skews every figure; the CPU per "
-                  "delivery moves less than the rates). Receivers are the test receivers "
+                  "after, on 2 cores shared with other work (it skews every figure, the CPU per "
+                  "delivery too; compare runs with a low load). Receivers are the test receivers "
                   "(Python http.server, threaded, verifying every signature) in their own "
                   "process; wrk and the hub hit the same receiver process with 8 connections "
                   "each, and wrk posts the exact signed envelope the sink sends for a seeded "
                   "case (any non-2xx answer fails the run: before 2026-11-25 the Lua body was "
-                  "mis-escaped, every wrk request got a 401, and that limit was inflated). A "
+                  "mis-escaped, every wrk request got a 401, and that limit was inflated). Each "
+                  f"webhook run delivers {N:,} rows (a few seconds, like wrk's 5 s). A "
                   "delivery is claim + payload read + attempt record + HTTP POST + receipt, "
                   "timeline event and case status, committed per chunk. Sinks use the lean "
                   "pooled HTTP/1.1 client (outbox/sinks/httpclient.py), not requests. "
