@@ -15,12 +15,13 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from queue import SimpleQueue
 from typing import Any
 
 from connectors.base import Connector, IngestContext
@@ -411,7 +412,7 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
     target = [s for s in (sinks or configured) if s in configured]
     hub.store.expire_claims_of_dead_workers(socket.gethostname())
     done = 0
-    pools: dict[str, ThreadPoolExecutor] = {}
+    pools: dict[str, CallPool] = {}
     try:
         while limit is None or done < limit:
             size = policy.batch_size if limit is None else min(policy.batch_size, limit - done)
@@ -427,8 +428,7 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
                 sink = hub.sink(name)
                 workers = max(1, int(getattr(sink, "concurrency", 1) or 1))
                 if workers > 1 and name not in pools:
-                    pools[name] = ThreadPoolExecutor(max_workers=workers,
-                                                     thread_name_prefix=f"deliver-{name}")
+                    pools[name] = CallPool(sink, workers)
                 slowest = float(getattr(getattr(sink, "config", None), "timeout", 0) or 0)
                 _deliver_rows(hub, sink, rows, stats, now_fn, pools.get(name), workers,
                               deadline - 2 * slowest)
@@ -437,7 +437,7 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
                 progress("deliver", done, None)
     finally:
         for pool in pools.values():
-            pool.shutdown(wait=True)
+            pool.close()
     if stats.delivered or stats.retried or stats.dead:
         logger.info("delivered", extra={"delivered": stats.delivered, "retried": stats.retried,
                                         "dead": stats.dead})
@@ -472,48 +472,119 @@ def _call(sink: Sink, attempts: list[_Attempt]) -> None:
         a.outcome, a.seconds = outcome, elapsed
 
 
+class CallPool:
+    """Up to ``workers`` threads that run one sink's calls from a queue, for one ``deliver`` run.
+
+    A chunk's calls are queued at once; each finished call comes back through the chunk's own
+    queue: two cheap queue operations per call, no future, waiter or condition variable.
+    Threads are started as the calls need them (one row needs one thread).
+    """
+
+    def __init__(self, sink: Sink, workers: int) -> None:
+        self.sink = sink
+        self.workers = workers
+        self._todo: SimpleQueue[tuple[list[_Attempt], SimpleQueue[list[_Attempt]]] | None] = \
+            SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def _work(self) -> None:
+        while True:
+            item = self._todo.get()
+            if item is None:
+                return
+            calls, done = item
+            try:
+                _call(self.sink, calls)
+            finally:
+                done.put(calls)
+
+    def start(self, calls: list[list[_Attempt]]) -> Iterator[list[_Attempt]]:
+        """Queue the calls; iterate to get each one as it completes."""
+        while len(self._threads) < min(self.workers, len(calls)):
+            t = threading.Thread(target=self._work, daemon=True, name=f"deliver-"
+                                 f"{getattr(self.sink, 'name', '?')}-{len(self._threads)}")
+            t.start()
+            self._threads.append(t)
+        done: SimpleQueue[list[_Attempt]] = SimpleQueue()
+        for c in calls:
+            self._todo.put((c, done))
+        return (done.get() for _ in range(len(calls)))
+
+    def close(self) -> None:
+        """Let the threads finish the queued calls, then stop them."""
+        for _ in self._threads:
+            self._todo.put(None)
+        for t in self._threads:
+            t.join()
+        self._threads.clear()
+
+
+def _start_calls(sink: Sink, calls: list[list[_Attempt]], pool: CallPool | None
+                 ) -> Iterator[list[_Attempt]]:
+    """Start the calls on ``pool``, or (without one) run them in order as they are iterated."""
+    return pool.start(calls) if pool is not None else _run_in_order(sink, calls)
+
+
+def _run_in_order(sink: Sink, calls: list[list[_Attempt]]) -> Iterator[list[_Attempt]]:
+    for c in calls:
+        _call(sink, c)
+        yield c
+
+
+def _finish(hub: Hub, results: Iterator[list[_Attempt]], stats: DeliverStats,
+            now_fn: Callable[[], datetime]) -> None:
+    """Record the outcomes of a chunk as its calls complete, then its receipts in one go."""
+    receipts: list[tuple[ClaimedDelivery, str | None, int | None, dict[str, Any]]] = []
+    for c in results:
+        for a in c:
+            _record(hub, a, stats, now_fn, receipts)
+    # one transaction for the chunk's receipts; a crash before it makes every row's attempt
+    # "unrecorded", so the next try carries ambiguous_seen (same idempotency key)
+    hub.store.complete_deliveries(receipts)
+    for d, *_ in receipts:
+        stats.delivered += 1
+        stats.by_sink[d.sink] += 1
+
+
 def _deliver_rows(hub: Hub, sink: Sink, rows: list[ClaimedDelivery], stats: DeliverStats,
-                  now_fn: Callable[[], datetime], pool: ThreadPoolExecutor | None,
+                  now_fn: Callable[[], datetime], pool: CallPool | None,
                   workers: int = 1, deadline: float = float("inf")) -> None:
     """Deliver claimed rows of one sink; rows not started before ``deadline`` are released.
 
     The deadline keeps every call inside the claim's lease: a row whose lease ran out could be
-    claimed by another worker while it still waits here.
+    claimed by another worker while it still waits here. With a pool, chunks overlap: the
+    next chunk is prepared (payloads read, attempts recorded) and its calls started before the
+    outcomes of the previous one are recorded, so the threads never wait for the store.
     """
     per_call = max(1, int(getattr(sink, "batch_size", 1) or 1))
     if not hasattr(sink, "deliver_batch"):
         per_call = 1
     chunk = 1 if pool is None and per_call == 1 else per_call * workers * 4
-    for i in range(0, len(rows), chunk):
-        if i and time.monotonic() > deadline:  # the first chunk always goes
-            for d in rows[i:]:
-                hub.store.release(d)
-            logger.warning("lease nearly over, rows released", extra={
-                "sink": getattr(sink, "name", "?"), "released": len(rows) - i})
-            return
-        part = rows[i:i + chunk]
-        if chunk == 1:  # one at a time: record each outcome before the next call
-            deliver_one(hub, part[0], stats, now_fn)
-            continue
-        prepared = _prepare_many(hub, part, stats, now_fn)
-        calls = [prepared[j:j + per_call] for j in range(0, len(prepared), per_call)]
-        receipts: list[tuple[ClaimedDelivery, str | None, int | None, dict[str, Any]]] = []
-        if pool is None:
-            for c in calls:
-                _call(sink, c)
-                for a in c:
-                    _record(hub, a, stats, now_fn, receipts)
-        else:
-            futures = {pool.submit(_call, sink, c): c for c in calls}
-            for fut in as_completed(futures):  # record while the other calls are in flight
-                for a in futures[fut]:
-                    _record(hub, a, stats, now_fn, receipts)
-        # one transaction for the chunk's receipts; a crash before it makes every row's
-        # attempt "unrecorded", so the next try carries ambiguous_seen (same idempotency key)
-        hub.store.complete_deliveries(receipts)
-        for d, *_ in receipts:
-            stats.delivered += 1
-            stats.by_sink[d.sink] += 1
+    in_flight: Iterator[list[_Attempt]] | None = None
+    try:
+        for i in range(0, len(rows), chunk):
+            if i and time.monotonic() > deadline:  # the first chunk always goes
+                for d in rows[i:]:
+                    hub.store.release(d)
+                logger.warning("lease nearly over, rows released", extra={
+                    "sink": getattr(sink, "name", "?"), "released": len(rows) - i})
+                return
+            part = rows[i:i + chunk]
+            if chunk == 1:  # one at a time: record each outcome before the next call
+                deliver_one(hub, part[0], stats, now_fn)
+                continue
+            prepared = _prepare_many(hub, part, stats, now_fn)
+            calls = [prepared[j:j + per_call] for j in range(0, len(prepared), per_call)]
+            started = _start_calls(sink, calls, pool)
+            if pool is None:  # strictly one after another: finish before preparing more
+                _finish(hub, started, stats, now_fn)
+                continue
+            previous, in_flight = in_flight, started
+            if previous is not None:
+                _finish(hub, previous, stats, now_fn)
+    finally:
+        if in_flight is not None:
+            _finish(hub, in_flight, stats, now_fn)
 
 
 def _prepare_many(hub: Hub, rows: list[ClaimedDelivery], stats: DeliverStats,

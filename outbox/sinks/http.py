@@ -1,10 +1,15 @@
 """The HTTP layer shared by the ``webhook`` and ``open311`` sinks.
 
-One :class:`HttpTransport` per sink owns one :class:`requests.Session` (connection pooling, TLS
-settings) and turns every outcome into the sink contract: a response to keep, or a classified
+One :class:`HttpTransport` per sink owns its connections, fixed timeouts and TLS settings, and
+turns every outcome into the sink contract: a response to keep, or a classified
 :class:`~outbox.sinks.base.DeliveryError`.
 
-* No retries happen here (urllib3 ``max_retries=0``, no redirects for POST): the outbox owns
+* By default requests go through :class:`~outbox.sinks.httpclient.HttpClient`: pooled
+  keep-alive HTTP/1.1 connections at about a ninth of the CPU of a :mod:`requests` call,
+  which is what bounds a delivery worker. Origins that need a proxy (``HTTPS_PROXY``,
+  ``NO_PROXY``... in the environment) and transports given a session factory use a
+  :class:`requests.Session` instead; both classify failures the same way.
+* No retries happen here (no urllib3 retries, no redirects for POST): the outbox owns
   retries, so every attempt is counted, backed off and visible in the timeline.
 * 2xx is success; 408, 425, 429 and 5xx are retryable (honouring ``Retry-After`` given as
   seconds or an HTTP date, capped); any other 4xx (and an unexpected 3xx) is final.
@@ -15,7 +20,7 @@ settings) and turns every outcome into the sink contract: a response to keep, or
 
 The session comes from a factory so another owner of sessions can be plugged in, e.g. Airflow's
 ``HttpHook`` (apache-airflow-providers-http), whose ``get_conn()`` returns a configured
-:class:`requests.Session`::
+:class:`requests.Session`; every request of that transport then goes through it::
 
     hook = HttpHook(method="POST", http_conn_id="city_open311")
     transport = HttpTransport(hook.get_conn)
@@ -44,6 +49,7 @@ from urllib3.exceptions import (
 from urllib3.util.retry import Retry
 
 from outbox.sinks.base import DeliveryError
+from outbox.sinks.httpclient import Body, HttpClient, HttpClientError, HttpResponse, Params
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +61,8 @@ AMBIGUOUS_STATUS = frozenset({500, 502, 504})
 MAX_ERROR_BODY = 2000
 
 SessionFactory = Callable[[], requests.Session]
+#: An answer from either client (same attribute names).
+Response = HttpResponse | requests.Response
 
 
 def default_session(pool_size: int = 10, base_url: str | None = None) -> requests.Session:
@@ -109,7 +117,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None,
     return seconds
 
 
-def body_excerpt(resp: requests.Response, limit: int = MAX_ERROR_BODY) -> str:
+def body_excerpt(resp: Response, limit: int = MAX_ERROR_BODY) -> str:
     """The start of a response body as text (for dead letters)."""
     try:
         text = resp.text
@@ -118,9 +126,9 @@ def body_excerpt(resp: requests.Response, limit: int = MAX_ERROR_BODY) -> str:
     return text[:limit]
 
 
-def classify_response(resp: requests.Response, *, what: str = "request",
+def classify_response(resp: Response, *, what: str = "request",
                       retry_after_cap: float | None = 3600.0,
-                      describe: Callable[[requests.Response], str] | None = None) -> None:
+                      describe: Callable[[Response], str] | None = None) -> None:
     """Raise a classified :class:`DeliveryError` unless the response is a 2xx.
 
     Args:
@@ -184,6 +192,31 @@ def classify_exception(exc: BaseException, *, what: str = "request") -> Delivery
     return DeliveryError(f"{what}: {name}: {_root(exc)}", retryable=True, ambiguous=True)
 
 
+def classify_client_error(exc: HttpClientError, *, what: str = "request") -> DeliveryError:
+    """Turn an :class:`HttpClientError` into a classified :class:`DeliveryError`.
+
+    Reasons read the same as those of :func:`classify_exception`.
+    """
+    kind, detail = exc.kind, exc.detail
+    if kind == "connect_timeout":
+        return DeliveryError(f"{what}: connect timeout", retryable=True)
+    if kind == "connect":
+        return DeliveryError(f"{what}: cannot connect ({detail})", retryable=True)
+    if kind == "tls":
+        return DeliveryError(f"{what}: TLS error ({detail}); check verify_tls/ca_bundle",
+                             retryable=False)
+    if kind == "invalid_url":
+        return DeliveryError(f"{what}: invalid URL ({detail})", retryable=False)
+    if kind == "read_timeout":
+        return DeliveryError(f"{what}: no response within the timeout (the remote may have "
+                             f"acted on it)", retryable=True, ambiguous=True)
+    if kind == "truncated":
+        return DeliveryError(f"{what}: response cut short ({detail})", retryable=True,
+                             ambiguous=True)
+    return DeliveryError(f"{what}: connection lost after sending ({detail})", retryable=True,
+                         ambiguous=True)
+
+
 def _root(exc: BaseException) -> str:
     """The innermost readable cause of a requests/urllib3 exception chain."""
     seen = exc
@@ -201,14 +234,16 @@ def _root(exc: BaseException) -> str:
 
 
 class HttpTransport:
-    """A sink's HTTP client: one session, fixed timeouts and TLS settings, classified failures.
+    """A sink's HTTP client: pooled connections, fixed timeouts and TLS, classified failures.
 
     Args:
-        session_factory: builds the session on first use (default: :func:`default_session`);
-            pass e.g. an Airflow ``HttpHook(...).get_conn``.
+        session_factory: when given, every request goes through the :class:`requests.Session`
+            it builds (on first use), e.g. an Airflow ``HttpHook(...).get_conn``; otherwise
+            the lean pooled client is used, and a default session only for proxied origins.
         timeout: read timeout in seconds (also the longest wait between bytes of the answer).
         connect_timeout: TCP/TLS connect timeout in seconds.
-        verify: True (system CAs), False, or a CA bundle path.
+        verify: True (the CA bundle requests uses, or ``REQUESTS_CA_BUNDLE``), False, or a CA
+            bundle path.
         headers: sent with every request.
         retry_after_cap: longest ``Retry-After`` honoured, in seconds.
         base_url: where requests go (proxy settings are resolved for it once).
@@ -223,45 +258,71 @@ class HttpTransport:
         self._factory = session_factory or (lambda: default_session(pool_size, base_url))
         self._session: requests.Session | None = None
         self.timeout = (connect_timeout, timeout)
-        if verify is True and session_factory is None and base_url is not None:
-            # the default session ignores the environment per request: honour a CA bundle
-            # named there once, as requests would
+        if verify is True and session_factory is None:
+            # neither the pooled client nor the default session reads the environment per
+            # request: honour a CA bundle named there once, as requests would
             verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get(
                 "CURL_CA_BUNDLE") or True
         self.verify = verify
         self.headers = dict(headers or {})
         self.retry_after_cap = retry_after_cap
+        self._client = None if session_factory is not None else HttpClient(
+            connect_timeout=connect_timeout, read_timeout=timeout, verify=verify,
+            pool_size=pool_size)
+        self._direct: dict[str, bool] = {}  # scheme://host:port -> no proxy applies
 
     @property
     def session(self) -> requests.Session:
-        """The shared session (built on first use)."""
+        """The requests session (built on first use) for proxied origins or a factory."""
         if self._session is None:
             self._session = self._factory()
         return self._session
 
+    def _pooled(self, url: str) -> bool:
+        """True when ``url`` goes through the lean client (no factory, no proxy for it)."""
+        if self._client is None:
+            return False
+        origin = url.split("/", 3)[:3]
+        key = "/".join(origin)
+        direct = self._direct.get(key)
+        if direct is None:
+            proxies = requests.utils.get_environ_proxies(url)
+            direct = self._direct[key] = requests.utils.select_proxy(url, proxies) is None
+        return direct
+
     def request(self, method: str, url: str, *, what: str | None = None,
-                describe: Callable[[requests.Response], str] | None = None,
-                check: bool = True, **kwargs: Any) -> requests.Response:
+                describe: Callable[[Response], str] | None = None, check: bool = True,
+                params: Params = None, data: Body = None,
+                headers: Mapping[str, str] | None = None) -> Response:
         """Send one request; raise a classified :class:`DeliveryError` on failure.
 
         Args:
-            method: HTTP method.
+            method: HTTP method (redirects are followed for GET and HEAD only).
             url: absolute URL.
             what: names the call in error reasons (default ``METHOD path``).
             describe: extracts a reason from an error body.
             check: raise for non-2xx responses (else return them as they are).
-            **kwargs: passed to :meth:`requests.Session.request` (data, json, params...).
+            params: query parameters (a mapping or pairs).
+            data: body bytes or text, or form fields (a mapping or pairs).
+            headers: added to the transport's headers for this request.
         """
         what = what or f"{method} {url.split('?')[0].rsplit('/', 1)[-1]}"
-        headers = {**self.headers, **(kwargs.pop("headers", None) or {})}
-        kwargs.setdefault("timeout", self.timeout)
-        kwargs.setdefault("verify", self.verify)
-        kwargs.setdefault("allow_redirects", method.upper() in ("GET", "HEAD"))
+        hdrs = {**self.headers, **(headers or {})}
         started = time.monotonic()
+        resp: Response
         try:
-            resp = self.session.request(method, url, headers=headers, **kwargs)
-        except requests.exceptions.RequestException as exc:
-            err = classify_exception(exc, what=what)
+            if self._pooled(url):
+                assert self._client is not None
+                resp = self._client.request(method, url, params=params, data=data,
+                                            headers=hdrs)
+            else:
+                resp = self.session.request(method, url, params=params, data=data,
+                                            headers=hdrs, timeout=self.timeout,
+                                            verify=self.verify, allow_redirects=method.upper()
+                                            in ("GET", "HEAD"))
+        except (HttpClientError, requests.exceptions.RequestException) as exc:
+            err = (classify_client_error(exc, what=what) if isinstance(exc, HttpClientError)
+                   else classify_exception(exc, what=what))
             logger.info("http failure", extra={"what": what, "reason": err.reason,
                                                "ambiguous": err.ambiguous,
                                                "seconds": round(time.monotonic() - started, 3)})
@@ -272,13 +333,15 @@ class HttpTransport:
         return resp
 
     def close(self) -> None:
-        """Close the session's pooled connections."""
+        """Close pooled connections and the session."""
+        if self._client is not None:
+            self._client.close()
         if self._session is not None:
             self._session.close()
             self._session = None
 
 
-def json_body(resp: requests.Response, what: str) -> Any:
+def json_body(resp: Response, what: str) -> Any:
     """Parse a JSON response body or raise a retryable, ambiguous DeliveryError."""
     try:
         return resp.json()
@@ -289,5 +352,6 @@ def json_body(resp: requests.Response, what: str) -> Any:
                             body=body_excerpt(resp), ambiguous=True) from exc
 
 
-__all__ = ["HttpTransport", "body_excerpt", "classify_exception", "classify_response",
-           "default_session", "json_body", "parse_retry_after"]
+__all__ = ["HttpTransport", "Response", "body_excerpt", "classify_client_error",
+           "classify_exception", "classify_response", "default_session", "json_body",
+           "parse_retry_after"]

@@ -24,16 +24,16 @@ idempotency_key": ..., "status": 200, "id": ...}]}`` for per-item outcomes.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from typing import Any, ClassVar, Literal
 
+import orjson
 from pydantic import Field, SecretStr
 
 from hub.config_types import ComponentConfig, Duration
 from outbox.sinks.base import Delivery, DeliveryError, Receipt
 from outbox.sinks.http import HttpTransport, SessionFactory, json_body
-from outbox.sinks.signing import sign_headers
+from outbox.sinks.signing import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class WebhookSink:
                                        retry_after_cap=config.retry_after_cap,
                                        pool_size=max(10, config.concurrency),
                                        base_url=config.url)
-        self._secret = config.secret.get_secret_value() if config.secret else None
+        self._signer = Signer(config.secret.get_secret_value()) if config.secret else None
 
     @classmethod
     def from_config(cls, config: WebhookSinkConfig, runtime: Any) -> WebhookSink:
@@ -95,15 +95,14 @@ class WebhookSink:
 
     def _post(self, body: bytes, key: str) -> Any:
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
-        if self._secret:
-            headers.update(sign_headers(self._secret, body))
+        if self._signer is not None:
+            headers.update(self._signer.headers(body))
         return self.transport.request("POST", self.config.url, data=body, headers=headers,
                                       what=f"POST {self.name}")
 
     def deliver(self, delivery: Delivery) -> Receipt:
         """POST one delivery; raise a classified DeliveryError on failure."""
-        body = json.dumps(self.envelope(delivery), ensure_ascii=False,
-                          separators=(",", ":")).encode("utf-8")
+        body = orjson.dumps(self.envelope(delivery))  # compact UTF-8, as json.dumps would
         resp = self._post(body, delivery.idempotency_key)
         return Receipt(remote_id=_remote_id(resp), status_code=resp.status_code)
 
@@ -116,9 +115,8 @@ class WebhookSink:
                 return [exc]
         keys = [d.idempotency_key for d in deliveries]
         batch_key = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
-        body = json.dumps({"schema": BATCH_SCHEMA, "idempotency_key": batch_key,
-                           "deliveries": [self.envelope(d) for d in deliveries]},
-                          ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        body = orjson.dumps({"schema": BATCH_SCHEMA, "idempotency_key": batch_key,
+                             "deliveries": [self.envelope(d) for d in deliveries]})
         try:
             resp = self._post(body, batch_key)
         except DeliveryError as exc:

@@ -55,12 +55,10 @@ class PostgresStore(SqlStore):
             yield cur
 
     def _claim_sql(self) -> str:
-        return ("SELECT o.id FROM outbox o WHERE ((o.state IN ('pending', 'retrying') AND "
-                "o.next_attempt_at <= ?) OR (o.state = 'in_flight' AND o.claimed_until < ?))"
-                "{sink_filter} AND (o.kind = 'case' OR NOT EXISTS (SELECT 1 FROM outbox c "
-                "WHERE c.sink = o.sink AND c.case_id = o.case_id AND c.kind = 'case' AND "
-                "c.state <> 'delivered')) ORDER BY o.next_attempt_at, o.id LIMIT ? "
-                "FOR UPDATE OF o SKIP LOCKED")
+        return ("SELECT o.id, o.next_attempt_at FROM outbox o WHERE {due}{sink_filter} AND "
+                "(o.kind = 'case' OR NOT EXISTS (SELECT 1 FROM outbox c WHERE c.sink = o.sink "
+                "AND c.case_id = o.case_id AND c.kind = 'case' AND c.state <> 'delivered')) "
+                "ORDER BY o.next_attempt_at, o.id LIMIT ? FOR UPDATE OF o SKIP LOCKED")
 
     def _end_read(self) -> None:
         # autocommit: a read never leaves a transaction open

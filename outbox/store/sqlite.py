@@ -49,8 +49,7 @@ class SqliteStore(SqlStore):
 
     def _claim_sql(self) -> str:
         # BEGIN IMMEDIATE already serializes writers, so a plain SELECT is a safe claim.
-        return ("SELECT o.id FROM outbox o WHERE ((o.state IN ('pending', 'retrying') AND "
-                "o.next_attempt_at <= ?) OR (o.state = 'in_flight' AND o.claimed_until < ?))"
-                "{sink_filter} AND (o.kind = 'case' OR NOT EXISTS (SELECT 1 FROM outbox c "
-                "WHERE c.sink = o.sink AND c.case_id = o.case_id AND c.kind = 'case' AND "
-                "c.state <> 'delivered')) ORDER BY o.next_attempt_at, o.id LIMIT ?")
+        return ("SELECT o.id, o.next_attempt_at FROM outbox o WHERE {due}{sink_filter} AND "
+                "(o.kind = 'case' OR NOT EXISTS (SELECT 1 FROM outbox c WHERE c.sink = o.sink "
+                "AND c.case_id = o.case_id AND c.kind = 'case' AND c.state <> 'delivered')) "
+                "ORDER BY o.next_attempt_at, o.id LIMIT ?")

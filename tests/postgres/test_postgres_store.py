@@ -17,6 +17,7 @@ from hub.pipeline import Hub, deliver, run_once
 from hub.status import collect_status
 from outbox.blobs import BlobStore
 from outbox.store import open_store
+from outbox.store.sql import CLAIM_DUE
 from tests.conftest import REPO, SAMPLES, jsonl_lines, write_config
 from tests.delivery.receivers import WebhookReceiver
 from tests.postgres.seed import seed_cases
@@ -87,8 +88,8 @@ def test_skip_locked_claims_are_disjoint(tmp_path: Path, pg_url: str) -> None:
         a_conn = hub.store
         # hold a claim transaction open in A while B claims: B skips A's locked rows
         with a_conn._write_tx() as cur:
-            a_conn._exec(cur, a_conn._claim_sql().format(sink_filter=""),
-                         ("9999-12-31", "0000", 50))
+            a_conn._exec(cur, a_conn._claim_sql().format(due=CLAIM_DUE[0], sink_filter=""),
+                         ("9999-12-31", 50))
             locked = {int(r[0]) for r in cur.fetchall()}
             b = other.claim_due("b:1", 100, 60)
         assert len(locked) == 50 and len(b) == 100
