@@ -26,6 +26,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from connectors.base import BlobRef, RawRecord, Reject
 from normalizer.case import Case, CaseUpdate, Channel, fast_uuid5, reporter_key
 from outbox.blobs import BlobStore
@@ -64,8 +66,22 @@ def neighbour_cells(lat: float, lon: float, radius_m: float) -> list[str]:
             for i in range(-r_lat, r_lat + 1) for j in range(-r_lon, r_lon + 1)]
 
 
+_ORJSON_OPTS = (orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+                | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    """Compact JSON text, non-ASCII kept; anything else is written as ``str(value)``.
+
+    orjson writes the same text as ``json.dumps(ensure_ascii=False, separators=(",", ":"),
+    default=str)`` several times faster (large floats may be spelled ``1e16`` for ``1e+16``,
+    the same number); what it refuses (integers over 64 bits, lone surrogates) goes through
+    :mod:`json`.
+    """
+    try:
+        return orjson.dumps(value, default=str, option=_ORJSON_OPTS).decode()
+    except (TypeError, UnicodeEncodeError):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def _loads(value: Any) -> Any:
@@ -205,24 +221,15 @@ class SqlStore:
         """Commit raw records, dead letters and the checkpoint in ONE transaction."""
         result = IngestResult(raw_ids=[])
         now = ts(now_utc())
+        rows = [(rec.source, rec.channel.value, rec.source_ref, ts(rec.received_at), now,
+                 _dumps(rec.payload),
+                 _dumps([a.model_dump(exclude_none=True) for a in rec.attachments])
+                 if rec.attachments else "[]", rec.raw_blob) for rec in records]
         with self._write_tx() as cur:
-            for rec in records:
-                self._exec(
-                    cur,
-                    "INSERT INTO raw_records (source, channel, source_ref, received_at, "
-                    "ingested_at, payload, attachments, raw_blob) VALUES (?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT (source, source_ref) DO NOTHING RETURNING id",
-                    (rec.source, rec.channel.value, rec.source_ref, ts(rec.received_at), now,
-                     _dumps(rec.payload),
-                     _dumps([a.model_dump(exclude_none=True) for a in rec.attachments]),
-                     rec.raw_blob),
-                )
-                row = cur.fetchone()
-                if row is None:
-                    result.duplicates += 1
-                else:
-                    result.inserted += 1
-                    result.raw_ids.append(int(row[0]))
+            if rows:
+                result.raw_ids = self._insert_raw(cur, rows)
+                result.inserted = len(result.raw_ids)
+                result.duplicates = len(rows) - result.inserted
             for rej in rejects:
                 blob = self._reject_blob(rej)
                 if blob is not None:
@@ -244,6 +251,20 @@ class SqlStore:
             self._bump_stats(cur, source, records=result.inserted, duplicates=result.duplicates,
                              errors=result.dead)
         return result
+
+    _INSERT_RAW = ("INSERT INTO raw_records (source, channel, source_ref, received_at, "
+                   "ingested_at, payload, attachments, raw_blob) VALUES (?,?,?,?,?,?,?,?) "
+                   "ON CONFLICT (source, source_ref) DO NOTHING")
+
+    def _insert_raw(self, cur: Any, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Insert raw record rows (duplicates skipped); return the ids of the new ones."""
+        ids = []
+        for row in rows:
+            self._exec(cur, self._INSERT_RAW + " RETURNING id", row)
+            got = cur.fetchone()
+            if got is not None:
+                ids.append(int(got[0]))
+        return ids
 
     def _reject_blob(self, rej: Reject) -> str | None:
         if rej.blob_sha256:

@@ -47,6 +47,18 @@ class SqliteStore(SqlStore):
             cur.execute("COMMIT")
             cur.close()
 
+    def _insert_raw(self, cur: Any, rows: list[tuple[Any, ...]]) -> list[int]:
+        """One ``executemany`` for the batch. The write lock (BEGIN IMMEDIATE) is held, so the
+        rows inserted are exactly those with an id above the largest id before it."""
+        cur.execute("SELECT COALESCE(MAX(id), 0) FROM raw_records")
+        last = cur.fetchone()[0]
+        before = self.conn.total_changes
+        cur.executemany(self._INSERT_RAW, rows)
+        if self.conn.total_changes == before:
+            return []
+        cur.execute("SELECT id FROM raw_records WHERE id > ? ORDER BY id", (last,))
+        return [r[0] for r in cur.fetchall()]
+
     def _claim_sql(self) -> str:
         # BEGIN IMMEDIATE already serializes writers, so a plain SELECT is a safe claim.
         return ("SELECT o.id FROM outbox o WHERE ((o.state IN ('pending', 'retrying') AND "
