@@ -332,6 +332,9 @@ class WireSession(Session):
                 (logger.info if lost else logger.warning)(
                     "mqtt connection lost" if lost else "mqtt connect failed",
                     extra={"source": self.name, "broker": where, "error": str(exc)})
+            except Exception as exc:  # a bug must not end the thread: log it and reconnect
+                self.last_error = f"MQTT client error: {type(exc).__name__}: {exc}"
+                logger.error("mqtt client error", exc_info=True, extra={"source": self.name})
             finally:
                 self._drop(sock)
             if self._stopping.wait(delay * (0.5 + random.random())):
@@ -367,7 +370,9 @@ class WireSession(Session):
                     ctx.check_hostname = False
                     ctx.verify_mode = ssl.CERT_NONE
                 sock = ctx.wrap_socket(sock, server_hostname=c.host)
-            pw = c.password.get_secret_value() if c.password is not None else None
+            # a password only with a user name (3.1.1 forbids it alone; as with paho before)
+            pw = (c.password.get_secret_value()
+                  if c.password is not None and c.username is not None else None)
             sock.sendall(connect_packet(c.client_id, keepalive=c.keepalive, v5=self.v5,
                                         session_expiry=int(c.session_expiry),
                                         receive_maximum=c.receive_maximum,
