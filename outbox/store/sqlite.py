@@ -31,6 +31,9 @@ class SqliteStore(SqlStore):
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: index-heavy inserts
         self.conn.execute("PRAGMA temp_store=MEMORY")
+        # checkpoint the WAL every ~40 MB instead of every 4 MB: fewer fsyncs, and index pages
+        # changed by many batches are copied once (P1 backlog drain: about +15 %)
+        self.conn.execute("PRAGMA wal_autocheckpoint=10000")
         self.conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
 
     @contextmanager
