@@ -221,10 +221,16 @@ class SqlStore:
         """Commit raw records, dead letters and the checkpoint in ONE transaction."""
         result = IngestResult(raw_ids=[])
         now = ts(now_utc())
-        rows = [(rec.source, rec.channel.value, rec.source_ref, ts(rec.received_at), now,
-                 _dumps(rec.payload),
-                 _dumps([a.model_dump(exclude_none=True) for a in rec.attachments])
-                 if rec.attachments else "[]", rec.raw_blob) for rec in records]
+        rows = []
+        last_at: datetime | None = None
+        at = ""
+        for rec in records:
+            if rec.received_at is not last_at:  # a batch's records often share one time
+                last_at, at = rec.received_at, ts(rec.received_at)
+            rows.append((rec.source, rec.channel.value, rec.source_ref, at, now,
+                         _dumps(rec.payload),
+                         _dumps([a.model_dump(exclude_none=True) for a in rec.attachments])
+                         if rec.attachments else "[]", rec.raw_blob))
         with self._write_tx() as cur:
             if rows:
                 result.raw_ids = self._insert_raw(cur, rows)
