@@ -18,6 +18,13 @@ class Protocol(str, Enum):
     v311 = "v311"
 
 
+class ClientKind(str, Enum):
+    """Which MQTT client receives the messages."""
+
+    native = "native"  # connectors/iot/wire.py: lean, parses packets in bulk
+    paho = "paho"  # paho-mqtt 2.x
+
+
 class DecoderType(str, Enum):
     """How a message payload becomes a device report."""
 
@@ -115,6 +122,8 @@ class MqttConfig(ComponentConfig):
     port: int | None = Field(default=None, ge=1, le=65535, description="Default 1883, 8883 "
                              "with TLS.")
     protocol: Protocol = Field(default=Protocol.v5, description="v5 or v311.")
+    client: ClientKind = Field(default=ClientKind.native, description="native (the built-in "
+                               "receive-only client, fastest) or paho (paho-mqtt).")
     client_id: str = Field(min_length=1, max_length=128, description="Fixed client id: the "
                            "broker keeps the persistent session under it.")
     session_expiry: Duration = Field(default=7 * 86400, description="How long the broker keeps"

@@ -2,9 +2,9 @@
 
 How a message travels:
 
-1. paho's network thread calls ``on_message``, which only appends the message to a queue
-   (no decoding, no I/O: the keepalive never starves). ``manual_ack=True``, so nothing is
-   acknowledged yet.
+1. The session's network thread (:mod:`connectors.iot.wire` by default, paho with ``client:
+   paho``) only appends each PUBLISH to a queue (no decoding): the keepalive never starves.
+   Nothing is acknowledged yet.
 2. :meth:`MqttConnector.fetch` (``run --once``) or :meth:`MqttConnector.listen` takes up to
    ``batch_size`` messages, decodes each into a report (bad payloads become rejects with their
    raw bytes) and hands the batch to the pipeline, which commits it in one transaction.
@@ -24,167 +24,28 @@ import base64
 import hashlib
 import logging
 import random
-import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
+from paho.mqtt.client import topic_matches_sub
 
-from connectors.base import IngestContext, RawRecord, Reject, ReparseError, SourceBatch
-from connectors.iot.config import DecoderType, MqttConfig, Protocol
+from connectors.base import IngestContext, RawRecord, Reject, ReparseError, SourceBatch, trusted_raw
+from connectors.iot.config import DecoderType, MqttConfig
 from connectors.iot.decoders import DecodeError, Decoder
+from connectors.iot.session import Message, Session, open_session
 from normalizer.case import Channel
 
 logger = logging.getLogger(__name__)
 
-#: (connection generation, packet id, qos, topic bytes, payload, received epoch s, retain)
-Message = tuple[int, int, int, bytes, bytes, float, bool]
+__all__ = ["Message", "MqttConnector", "topic_matches"]
 
 
 def topic_matches(filter_: str, topic: str) -> bool:
     """MQTT topic filter matching (``+`` one level, ``#`` the rest)."""
-    return mqtt.topic_matches_sub(filter_, topic)
-
-
-class _Session:
-    """One paho client, its inbound queue and its connection state."""
-
-    def __init__(self, config: MqttConfig, name: str) -> None:
-        self.config = config
-        self.name = name
-        self.queue: deque[Message] = deque()
-        self.cond = threading.Condition()
-        self.generation = 0
-        self.connected = threading.Event()
-        self.disconnected = threading.Event()
-        self.session_present: bool | None = None
-        self.last_error: str | None = None
-        self.received = 0
-        v5 = config.protocol is Protocol.v5
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=config.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else False, manual_ack=True)
-        # our own queue is bounded by the broker's in-flight window; paho's outgoing queue only
-        # holds PUBACKs and SUBSCRIBEs
-        self.client.max_inflight_messages_set(0)
-        self.client.reconnect_delay_set(max(1, int(config.reconnect_min)),
-                                        max(1, int(config.reconnect_max)))
-        if config.username is not None:
-            pw = config.password.get_secret_value() if config.password else None
-            self.client.username_pw_set(config.username, pw)
-        if config.tls:
-            ctx = ssl.create_default_context(cafile=config.ca_file)
-            if not config.tls_verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            self.client.tls_set_context(ctx)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-
-    # -------------------------------------------------------------- paho callbacks
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any,
-                    _props: Any) -> None:
-        if reason.is_failure:
-            self.last_error = f"broker refused the connection: {reason}"
-            logger.error("mqtt connect refused", extra={"source": self.name,
-                                                        "reason": str(reason)})
-            return
-        self.session_present = bool(getattr(flags, "session_present", False))
-        topics = []
-        for sub in self.config.subscriptions:
-            filt = (f"$share/{self.config.shared_group}/{sub.topic}"
-                    if self.config.shared_group else sub.topic)
-            if self.config.protocol is Protocol.v5:
-                topics.append((filt, SubscribeOptions(qos=sub.qos)))
-            else:
-                topics.append((filt, sub.qos))
-        client.subscribe(topics)
-        with self.cond:
-            self.generation += 1
-            self.cond.notify_all()
-        self.disconnected.clear()
-        self.connected.set()
-        logger.info("mqtt connected", extra={"source": self.name,
-                                             "session_present": self.session_present,
-                                             "generation": self.generation})
-
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any,
-                       _props: Any) -> None:
-        self.connected.clear()
-        self.disconnected.set()
-        with self.cond:
-            self.cond.notify_all()
-        logger.info("mqtt disconnected", extra={"source": self.name, "reason": str(reason)})
-
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        # no work here but enqueue: the network thread must keep serving the keepalive.
-        # The raw topic bytes: msg.topic raises on invalid UTF-8, which would kill the loop.
-        item = (self.generation, msg.mid, msg.qos, msg._topic, msg.payload, time.time(),
-                msg.retain)
-        with self.cond:
-            self.queue.append(item)
-            self.received += 1
-            self.cond.notify()
-
-    # -------------------------------------------------------------- lifecycle
-    def start(self) -> None:
-        """Connect in the background (paho reconnects on its own with backoff)."""
-        c = self.config
-        props = None
-        if c.protocol is Protocol.v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = int(c.session_expiry)
-            props.ReceiveMaximum = c.receive_maximum
-        self.client.connect_async(c.host, c.effective_port, keepalive=c.keepalive,
-                                  clean_start=False if c.protocol is Protocol.v5
-                                  else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-                                  properties=props)
-        self.client.loop_start()
-
-    def stop(self) -> None:
-        """Disconnect cleanly (queued PUBACKs go out first) and stop the network thread."""
-        try:
-            if self.connected.is_set():
-                props = None
-                if self.config.protocol is Protocol.v5:
-                    props = Properties(PacketTypes.DISCONNECT)
-                    props.SessionExpiryInterval = int(self.config.session_expiry)
-                self.client.disconnect(properties=props)
-                self.disconnected.wait(5.0)
-        finally:
-            self.client.loop_stop()
-
-    def take(self, max_n: int, first_wait: float, linger: float,
-             stop: threading.Event | None = None) -> list[Message]:
-        """Take up to ``max_n`` messages: wait up to ``first_wait`` for the first, then keep
-        collecting while messages arrive at least every ``linger`` seconds."""
-        out: list[Message] = []
-        deadline = time.monotonic() + first_wait
-        with self.cond:
-            while True:
-                q = self.queue
-                while q and len(out) < max_n:
-                    out.append(q.popleft())
-                if len(out) >= max_n or (stop is not None and stop.is_set()):
-                    return out
-                now = time.monotonic()
-                if out:
-                    if not self.cond.wait(linger) and not q:
-                        return out
-                else:
-                    if now >= deadline:
-                        return out
-                    self.cond.wait(min(deadline - now, 0.5))
+    return topic_matches_sub(filter_, topic)
 
 
 class MqttConnector:
@@ -198,7 +59,7 @@ class MqttConnector:
         self.name = config.name
         self.channel: Channel = config.channel
         self.decoders = [(s.topic, Decoder(s)) for s in config.subscriptions]
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._session_lock = threading.Lock()
 
     @classmethod
@@ -249,18 +110,19 @@ class MqttConnector:
         if retain:
             body["retain"] = True
         # fields are built and checked above: skip re-validation on the hot path
-        return RawRecord.model_construct(source=self.name, channel=self.channel, source_ref=ref,
-                                         received_at=received, payload=body, attachments=[],
-                                         raw_blob=None)
+        return trusted_raw(self.name, self.channel, ref, received, body)
 
     def _batch(self, msgs: list[Message]) -> SourceBatch:
         records: list[RawRecord] = []
         rejects: list[Reject] = []
-        tokens: list[tuple[int, int, int]] = []
+        tokens: list[tuple[int, int]] = []  # (generation, packet id) of QoS 1 messages
+        last_rx, received = None, None
         for gen, mid, qos, topic_b, payload, rx, retain in msgs:
-            tokens.append((gen, mid, qos))
+            if qos:
+                tokens.append((gen, mid))
             topic = topic_b.decode("utf-8", "replace")
-            received = datetime.fromtimestamp(rx, timezone.utc)
+            if rx != last_rx:  # messages of one network read share their receive time
+                last_rx, received = rx, datetime.fromtimestamp(rx, timezone.utc)
             try:
                 records.append(self.to_record(topic, payload, received, qos=qos, retain=retain))
             except DecodeError as exc:
@@ -273,10 +135,14 @@ class MqttConnector:
         return SourceBatch(records=records, rejects=rejects, ack_token=tokens)
 
     # -------------------------------------------------------------- run --once
-    def _open(self) -> _Session:
-        sess = _Session(self.config, self.name)
+    def _open(self) -> Session:
+        sess = open_session(self.config, self.name)
         sess.start()
-        if not sess.connected.wait(self.config.connect_timeout):
+        deadline = time.monotonic() + self.config.connect_timeout
+        while not sess.connected.wait(0.05):
+            if sess.fatal.is_set() or time.monotonic() >= deadline:
+                break
+        if not sess.connected.is_set():
             sess.stop()
             raise ConnectionError(sess.last_error or (
                 f"cannot reach MQTT broker {self.config.host}:{self.config.effective_port} "
@@ -321,7 +187,7 @@ class MqttConnector:
                stop: threading.Event) -> None:
         """Run until ``stop`` is set: commit each batch (the commit acks it)."""
         c = self.config
-        sess = _Session(c, self.name)
+        sess = open_session(c, self.name)
         sess.start()
         with self._session_lock:
             self._session = sess
@@ -355,16 +221,11 @@ class MqttConnector:
             sess = self._session
         if sess is None or not batch.ack_token:
             return
-        gen = sess.generation
         stale = 0
-        for g, mid, qos in batch.ack_token:
-            if qos == 0:
-                continue
-            if g != gen or not sess.connected.is_set():
-                stale += 1  # the broker redelivers these; they are duplicates now
-                continue
-            sess.client.ack(mid, qos)
+        for gen, pids in _runs(batch.ack_token):
+            stale += sess.ack(gen, pids)
         if stale:
+            # the broker redelivers these; they are duplicates now
             logger.info("acks skipped after reconnect", extra={"source": self.name,
                                                               "messages": stale})
 
@@ -379,3 +240,14 @@ class MqttConnector:
 
     def close(self) -> None:
         """Nothing held between runs."""
+
+
+def _runs(tokens: list[tuple[int, int]]) -> Iterator[tuple[int, list[int]]]:
+    """Consecutive packet ids of one connection generation, in order."""
+    gen, pids = tokens[0][0], []
+    for g, pid in tokens:
+        if g != gen:
+            yield gen, pids
+            gen, pids = g, []
+        pids.append(pid)
+    yield gen, pids

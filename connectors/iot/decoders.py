@@ -40,6 +40,8 @@ def dig(obj: Any, path: str | None) -> Any:
     """Follow a dotted path into nested dicts (None when any step is missing)."""
     if path is None:
         return _MISSING
+    if "." not in path:
+        return obj.get(path) if isinstance(obj, dict) else None
     cur = obj
     for part in path.split("."):
         if isinstance(cur, dict) and part in cur:
@@ -130,6 +132,7 @@ class Decoder:
     def __init__(self, sub: Subscription) -> None:
         self.sub = sub
         self.kind = sub.decoder
+        self.kind_name = sub.decoder.value
         self.fn: Callable[[str, bytes], dict[str, Any]] | None = None
         if sub.decoder is DecoderType.function:
             self.fn = load_function(sub.function or "")
@@ -199,13 +202,18 @@ class Decoder:
             event_id = dig(doc, f.event_id or "event_id")
             time_v = dig(doc, f.time or "time")
             base, extra = doc, {}
-        codes = _codes(dig(base, f.fault or "fault"))
+        fault_key = f.fault or "fault"
+        codes = _codes(dig(base, fault_key))
         if f.values:
             values = dig(base, f.values)
         elif self.kind is DecoderType.json:
             values = doc.get("values")
+        elif codes:
+            values = {k: v for k, v in base.items() if k != fault_key}
         else:
-            values = {k: v for k, v in base.items() if k != (f.fault or "fault")}
+            # no code: the report is telemetry or a heartbeat and its values are not kept,
+            # only whether there are any matters
+            values = base if len(base) > (fault_key in base) else {}
         if values is not None and not isinstance(values, dict):
             raise DecodeError(f"values: expected an object, got {type(values).__name__}")
         return self._report(device, event_id, time_v, codes, values or {}, extra)
@@ -214,16 +222,20 @@ class Decoder:
                 values: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         if event_id is not None and not isinstance(event_id, (str, int)):
             raise DecodeError("event_id: expected a string or an integer")
-        c = classify_codes(codes, self.sub.codes, bool(values))
+        if codes:
+            c = classify_codes(codes, self.sub.codes, bool(values))
+            status, faults, cleared, unknown = c.status, c.faults, c.cleared, c.unknown
+        else:  # the common case: what classify_codes([]) says, without its cost
+            status, faults, cleared, unknown = ("telemetry" if values else "heartbeat"), [], [], []
         report = {"device_id": device,
                   "event_id": str(event_id) if event_id not in (None, "") else None,
-                  "time": parse_time(time_v), "status": c.status, "faults": c.faults,
-                  "cleared": c.cleared, "codes": codes, "decoder": self.kind.value}
-        if c.status != "heartbeat" and c.status != "telemetry":
+                  "time": parse_time(time_v), "status": status, "faults": faults,
+                  "cleared": cleared, "codes": codes, "decoder": self.kind_name}
+        if status != "heartbeat" and status != "telemetry":
             # only faults and clears need their values later; telemetry stays in the raw text
             report["values"] = values
-        if c.unknown:
-            report["unknown_codes"] = c.unknown
+        if unknown:
+            report["unknown_codes"] = unknown
         lora = {k: v for k, v in extra.items() if v is not None}
         if lora:
             report["lorawan"] = lora

@@ -70,10 +70,22 @@ def neighbour_cells(lat: float, lon: float, radius_m: float) -> list[str]:
 #: Raw records per INSERT statement in commit_ingest (8 parameters each: well under the
 #: parameter limits of SQLite and PostgreSQL).
 _INGEST_ROWS = 500
+_ORJSON_OPTS = (orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+                | orjson.OPT_PASSTHROUGH_DATACLASS)
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    """Compact JSON text, non-ASCII kept; anything else is written as ``str(value)``.
+
+    orjson writes the same text as ``json.dumps(ensure_ascii=False, separators=(",", ":"),
+    default=str)`` several times faster (large floats may be spelled ``1e16`` for ``1e+16``,
+    the same number); what it refuses (integers over 64 bits, lone surrogates) goes through
+    :mod:`json`.
+    """
+    try:
+        return orjson.dumps(value, default=str, option=_ORJSON_OPTS).decode()
+    except (TypeError, UnicodeEncodeError):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def _loads(value: Any) -> Any:
@@ -253,25 +265,21 @@ class SqlStore:
         """Commit raw records, dead letters and the checkpoint in ONE transaction."""
         result = IngestResult(raw_ids=[])
         now = ts(now_utc())
+        rows = []
+        last_at: datetime | None = None
+        at = ""
+        for rec in records:
+            if rec.received_at is not last_at:  # a batch's records often share one time
+                last_at, at = rec.received_at, ts(rec.received_at)
+            rows.append((rec.source, rec.channel.value, rec.source_ref, at, now,
+                         _dumps(rec.payload),
+                         _dumps([a.model_dump(exclude_none=True) for a in rec.attachments])
+                         if rec.attachments else "[]", rec.raw_blob))
         with self._write_tx() as cur:
-            for i in range(0, len(records), _INGEST_ROWS):
-                # one multi-row INSERT per chunk; RETURNING lists the rows inserted (duplicates,
-                # also within the chunk, are skipped by ON CONFLICT and not returned)
-                chunk = records[i:i + _INGEST_ROWS]
-                params: list[Any] = []
-                for rec in chunk:
-                    params += (rec.source, rec.channel.value, rec.source_ref,
-                               ts(rec.received_at), now, _dumps(rec.payload),
-                               _dumps([a.model_dump(exclude_none=True) for a in rec.attachments])
-                               if rec.attachments else "[]", rec.raw_blob)
-                self._exec(cur, "INSERT INTO raw_records (source, channel, source_ref, "
-                                "received_at, ingested_at, payload, attachments, raw_blob) VALUES "
-                           + ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk))
-                           + " ON CONFLICT (source, source_ref) DO NOTHING RETURNING id", params)
-                ids = sorted(int(row[0]) for row in cur.fetchall())
-                result.inserted += len(ids)
-                result.duplicates += len(chunk) - len(ids)
-                result.raw_ids.extend(ids)
+            if rows:
+                result.raw_ids = self._insert_raw(cur, rows)
+                result.inserted = len(result.raw_ids)
+                result.duplicates = len(rows) - result.inserted
             for rej in rejects:
                 blob = self._reject_blob(rej)
                 if blob is not None:
@@ -293,6 +301,27 @@ class SqlStore:
             self._bump_stats(cur, source, records=result.inserted, duplicates=result.duplicates,
                              errors=result.dead)
         return result
+
+    _INSERT_RAW = ("INSERT INTO raw_records (source, channel, source_ref, received_at, "
+                   "ingested_at, payload, attachments, raw_blob) VALUES (?,?,?,?,?,?,?,?) "
+                   "ON CONFLICT (source, source_ref) DO NOTHING")
+
+    def _insert_raw(self, cur: Any, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Insert raw record rows (duplicates skipped); return the ids of the new ones.
+
+        One multi-row INSERT per chunk of :data:`_INGEST_ROWS`; RETURNING lists the rows
+        inserted (duplicates, also within the chunk, are skipped by ON CONFLICT).
+        """
+        ids: list[int] = []
+        for i in range(0, len(rows), _INGEST_ROWS):
+            chunk = rows[i:i + _INGEST_ROWS]
+            self._exec(cur, "INSERT INTO raw_records (source, channel, source_ref, received_at, "
+                            "ingested_at, payload, attachments, raw_blob) VALUES "
+                       + ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk))
+                       + " ON CONFLICT (source, source_ref) DO NOTHING RETURNING id",
+                       [v for row in chunk for v in row])
+            ids.extend(sorted(int(r[0]) for r in cur.fetchall()))
+        return ids
 
     def _reject_blob(self, rej: Reject) -> str | None:
         if rej.blob_sha256:

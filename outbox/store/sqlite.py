@@ -31,6 +31,9 @@ class SqliteStore(SqlStore):
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: index-heavy inserts
         self.conn.execute("PRAGMA temp_store=MEMORY")
+        # checkpoint the WAL every ~40 MB instead of every 4 MB: fewer fsyncs, and index pages
+        # changed by many batches are copied once (P1 backlog drain: about +15 %)
+        self.conn.execute("PRAGMA wal_autocheckpoint=10000")
         self.conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
 
     @contextmanager
@@ -46,6 +49,18 @@ class SqliteStore(SqlStore):
         else:
             cur.execute("COMMIT")
             cur.close()
+
+    def _insert_raw(self, cur: Any, rows: list[tuple[Any, ...]]) -> list[int]:
+        """One ``executemany`` for the batch. The write lock (BEGIN IMMEDIATE) is held, so the
+        rows inserted are exactly those with an id above the largest id before it."""
+        cur.execute("SELECT COALESCE(MAX(id), 0) FROM raw_records")
+        last = cur.fetchone()[0]
+        before = self.conn.total_changes
+        cur.executemany(self._INSERT_RAW, rows)
+        if self.conn.total_changes == before:
+            return []
+        cur.execute("SELECT id FROM raw_records WHERE id > ? ORDER BY id", (last,))
+        return [r[0] for r in cur.fetchall()]
 
     def _claim_sql(self) -> str:
         # BEGIN IMMEDIATE already serializes writers, so a plain SELECT is a safe claim.

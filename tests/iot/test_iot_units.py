@@ -121,3 +121,16 @@ def test_unreachable_broker_fails_the_run_with_a_clear_error(tmp_path: Path) -> 
     ctx = IngestContext(blobs=BlobStore(tmp_path), checkpoint=None, now=NOW)
     with pytest.raises(ConnectionError, match="cannot reach MQTT broker"):
         list(MqttConnector(cfg).fetch(ctx))
+
+
+def test_trusted_raw_is_the_validated_record() -> None:
+    from connectors.base import RawRecord, trusted_raw
+    from normalizer.case import Channel
+
+    fields = {"source": "lights", "channel": Channel.iot, "source_ref": "d:1",
+              "received_at": NOW, "payload": {"report": {"device_id": "d"}}}
+    rec = trusted_raw(**fields)
+    assert rec == RawRecord(**fields)
+    assert rec.model_dump() == RawRecord(**fields).model_dump()
+    assert rec.model_fields_set == RawRecord.model_construct(**fields, attachments=[],
+                                                             raw_blob=None).model_fields_set

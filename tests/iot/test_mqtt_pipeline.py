@@ -37,8 +37,10 @@ def updates(tmp: Path) -> list[dict]:
     return [x for x in jsonl_lines(tmp / "out" / "cases.jsonl") if x["kind"] == "update"]
 
 
-def test_fault_persists_then_clears_then_new_episode(tmp_path: Path, broker: Mosquitto) -> None:
-    cfg = write_hub_config(tmp_path, broker)
+@pytest.mark.parametrize("client", ["native", "paho"])
+def test_fault_persists_then_clears_then_new_episode(tmp_path: Path, broker: Mosquitto,
+                                                     client: str) -> None:
+    cfg = write_hub_config(tmp_path, broker, client=client)
     prime(cfg)
     # a heartbeat, one fault report (pending), a second (case), a third (update, not delivered)
     send(broker, [report("SL-001", 1), report("SL-001", 2, "E01"), report("SL-001", 3, "E01"),

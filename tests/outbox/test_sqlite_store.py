@@ -12,7 +12,7 @@ from connectors.base import RawRecord, Reject
 from normalizer.case import Case, CaseUpdate, Channel, Origin, case_id_for
 from outbox.blobs import BlobStore
 from outbox.store import open_store
-from outbox.store.sql import SqlStore, idempotency_key
+from outbox.store.sql import SqlStore, _dumps, idempotency_key
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
 
@@ -70,6 +70,33 @@ def test_large_batches_with_repeats_inside_and_across_chunks(store: SqlStore) ->
     again = store.commit_ingest("src", [raw("r0"), raw("new")])
     new_id = store.query("SELECT id FROM raw_records WHERE source_ref = 'new'")[0]["id"]
     assert (again.inserted, again.duplicates) == (1, 1) and again.raw_ids == [new_id]
+
+
+def test_raw_ids_are_the_rows_inserted_by_this_batch(store: SqlStore) -> None:
+    first = store.commit_ingest("src", [raw("a"), raw("b")])
+    res = store.commit_ingest("src", [raw("b"), raw("c"), raw("c"), raw("d")])
+    assert (res.inserted, res.duplicates) == (2, 2)  # b stored before, c twice in the batch
+    rows = store.query("SELECT id, source_ref FROM raw_records ORDER BY id")
+    assert [r["source_ref"] for r in rows] == ["a", "b", "c", "d"]
+    assert first.raw_ids == [rows[0]["id"], rows[1]["id"]]
+    assert res.raw_ids == [rows[2]["id"], rows[3]["id"]]
+    assert store.commit_ingest("src", [raw("a")]).raw_ids == []
+
+
+def test_json_text_is_what_the_json_module_writes() -> None:
+    from dataclasses import dataclass
+    from decimal import Decimal
+
+    @dataclass
+    class Point:
+        x: int
+
+    value = {"s": "路灯 \u2028 \"q\"", "n": [1, 2.5, -0.0, 1e-7, None, True], 3: "int key",
+             "t": T0, "d": Decimal("1.10"), "p": Point(1), "big": 2**70, "nested": {"e": []}}
+    assert _dumps(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                                       default=str)
+    lone = {"s": "\ud800"}  # a lone surrogate: orjson refuses it, json writes it
+    assert _dumps(lone) == json.dumps(lone, ensure_ascii=False, separators=(",", ":"))
 
 
 def test_failed_commit_keeps_neither_records_nor_checkpoint(store: SqlStore) -> None:
