@@ -21,10 +21,8 @@ import copy
 import hashlib
 import io
 import logging
-import os
 import random
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +37,7 @@ from connectors.email.imap import ImapSession, is_connection_error
 from connectors.email.oauth2 import token_source
 from connectors.email.prefetch import Lookahead
 from hub import faults
+from hub.leases import Lease, LeaseLost, owner_id
 from outbox.blobs import BlobStore
 
 logger = logging.getLogger(__name__)
@@ -110,19 +109,6 @@ class _ChunkReader(io.RawIOBase):
         return out
 
 
-def _pid_dead(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 class ImapConnector:
     """Reads the configured folders of one mailbox."""
 
@@ -137,8 +123,7 @@ class ImapConnector:
         self.session: ImapSession | None = None
         self.tokens = token_source(config)  # XOAUTH2 tokens outlive sessions
         self._ensured: set[str] = set()
-        self._lock: tuple[Any, str] | None = None
-        self._lock_renewed = 0.0
+        self._lease: Lease | None = None
         self._pending_ack: AckToken | None = None
         self._prefetch: Lookahead[tuple[dict[int, bytes], dict[int, BlobRef]]] = Lookahead(
             f"{self.name}-prefetch")
@@ -174,47 +159,32 @@ class ImapConnector:
             self.session = None
 
     def _take_lock(self, ctx: IngestContext) -> bool:
+        """Take the mailbox lease (a crashed fetcher's on this host is taken over at once)."""
         store = ctx.services.get("store")
         if store is None:
             return True
-        owner = str(ctx.services.get("worker_id") or f"{socket.gethostname()}:{os.getpid()}")
-        name = self.lock_name
-        if not store.acquire_lock(name, owner, self.config.lock_ttl):
-            rows = store.query("SELECT owner FROM locks WHERE name = ?", (name,))
-            holder = rows[0]["owner"] if rows else None
-            if holder and _pid_dead(holder):
-                logger.warning("taking over the mailbox lock of a crashed fetcher",
-                               extra={"source": self.name, "holder": holder})
-                store.release_lock(name, holder)
-                if not store.acquire_lock(name, owner, self.config.lock_ttl):
-                    return False
-            else:
-                logger.info("mailbox is being read by another fetcher; skipping",
-                            extra={"source": self.name, "holder": holder})
-                return False
-        self._lock = (store, owner)
-        self._lock_renewed = time.monotonic()
+        lease = Lease(store, self.lock_name, self.config.lock_ttl,
+                      owner_id(ctx.services.get("worker_id")))
+        if not lease.take():
+            logger.info("mailbox is being read by another fetcher; skipping",
+                        extra={"source": self.name, "holder": lease.holder()})
+            return False
+        self._lease = lease
         return True
 
     def _renew_lock(self, force: bool = False) -> None:
-        if self._lock is None:
+        if self._lease is None:
             return
-        if not force and time.monotonic() - self._lock_renewed < self.config.lock_ttl / 4:
-            return
-        store, owner = self._lock
-        if not store.acquire_lock(self.lock_name, owner, self.config.lock_ttl):
-            raise RuntimeError("lost the mailbox lock to another fetcher")
-        self._lock_renewed = time.monotonic()
+        try:
+            self._lease.renew(force)
+        except LeaseLost as exc:
+            self._lease = None
+            raise RuntimeError(f"lost the mailbox lock to another fetcher ({exc})") from None
 
     def _release_lock(self) -> None:
-        if self._lock is not None:
-            store, owner = self._lock
-            self._lock = None
-            try:
-                store.release_lock(self.lock_name, owner)
-            except Exception:
-                logger.warning("could not release the mailbox lock", exc_info=True,
-                               extra={"source": self.name})
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     # ------------------------------------------------------------------ fetch
     def fetch(self, ctx: IngestContext) -> Iterator[SourceBatch]:
@@ -480,7 +450,7 @@ class ImapConnector:
         backoff = 1.0
         while not stop.is_set():
             try:
-                if self._lock is None and not self._take_lock(ctx):
+                if self._lease is None and not self._take_lock(ctx):
                     stop.wait(cfg.poll_interval)
                     continue
                 session = self._session()
