@@ -124,7 +124,16 @@ def main() -> None:
              "addresses over 15 km x 15 km, 5% at 30 hotspots, 5% from 300 repeat reporters), "
              "so repeat linking sees realistic candidate sets. The ratio compares the whole "
              "stage (map, enrich, link, route, commit in batches of 1,000) with the mapper "
-             "alone on the same records.")
+             "alone on the same records. The input list is freed before timing (a worker holds "
+             "one batch, not 50,000 records: keeping them alive cost ~25% in GC). Where a "
+             "record's ~600 us go (wrapped timers, quiet machine, 50,000 records): linking "
+             "~180 us (of which the one-statement index lookup ~95 us, returning 0.7 "
+             "candidates on average), saving the case and its outbox row ~115 us (INSERT with "
+             "7 indexes, JSON body), classification ~85 us, mapping ~45 us, reading the raw "
+             "row ~25 us, deadlines and location ~25 us each. Freezing long-lived objects out "
+             "of the GC after the first batch: 1,693/s vs 1,626/s without (one run each). The "
+             "5,000/s goal needs about 200 us per record in all: not reached in CPython with "
+             "this enrichment chain.")
     shutil.rmtree(work, ignore_errors=True)
 
 
