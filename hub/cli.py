@@ -496,7 +496,7 @@ def dl_replay(c: Ctx, dl_id: int | None, replay_all: bool, stage: str | None,
             if dl_id is not None and "no dead letter" in str(exc):
                 raise SystemExit(EXIT_NOT_FOUND) from exc
     if not no_run and len(ids) > failures:
-        p = process(hub, wait=hub.config.process.lease_wait)
+        p = process(hub)
         d = deliver(hub)
         out.print(f"then: {p.cases_new} new case(s), {p.failed} failed again; "
                   f"{d.delivered} delivered, {d.dead} dead-lettered")

@@ -28,10 +28,11 @@ def owner_id(worker_id: str | None = None) -> str:
     return f"{base}:{uuid.uuid4().hex[:8]}"
 
 
-def holder_is_dead(owner: str) -> bool:
-    """Whether ``owner`` names a process on this host that no longer exists."""
+def holder_is_dead(owner: str, host: str | None = None) -> bool:
+    """Whether ``owner`` (``host:pid[:...]``) names a process on ``host`` (default: this one)
+    that no longer exists."""
     parts = owner.split(":")
-    if len(parts) < 2 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+    if len(parts) < 2 or parts[0] != (host or socket.gethostname()) or not parts[1].isdigit():
         return False
     try:
         os.kill(int(parts[1]), 0)

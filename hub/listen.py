@@ -166,7 +166,7 @@ class Listen:
 
     def _pass(self, hub: Hub) -> None:
         started = time.perf_counter()
-        p = process(hub)
+        p = process(hub, wait=0)  # another worker processing: it has the records
         middle = time.perf_counter()
         self.metrics.record_process(p, middle - started)
         d = deliver(hub)

@@ -12,21 +12,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-
-def _epoch(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+from outbox.store.timefmt import parse_ts
 
 
 class StoreCollector(Collector):
@@ -67,9 +59,9 @@ class StoreCollector(Collector):
                 name = r["source"]
                 records.add_metric([name], int(r.get("records_total") or 0))
                 errors.add_metric([name], int(r.get("errors_total") or 0))
-                when = _epoch(r.get("last_success_at"))
+                when = parse_ts(r.get("last_success_at"))
                 if when is not None:
-                    success.add_metric([name], when)
+                    success.add_metric([name], when.timestamp())
             for r in store.raw_stats():
                 if r["state"] == "pending":
                     pending.add_metric([r["source"]], int(r["n"]))

@@ -225,16 +225,17 @@ PROCESS_LEASE_TTL = 300.0
 
 
 def process(hub: Hub, *, limit: int | None = None, sources: Sequence[str] | None = None,
-            progress: Progress | None = None, wait: float = 0.0) -> ProcessStats:
+            progress: Progress | None = None, wait: float | None = None) -> ProcessStats:
     """Turn pending raw records into cases, updates and outbox rows.
 
     One worker processes at a time (the ``stage:process`` lease in the store): a run that
-    finds another worker processing waits up to ``wait`` seconds, then returns with
-    ``stats.busy`` set and leaves the records to that worker.
+    finds another worker processing waits up to ``wait`` seconds (default
+    ``process.lease_wait``), then returns with ``stats.busy`` set and leaves the records to
+    that worker.
     """
     stats = ProcessStats()
     lease = Lease(hub.store, PROCESS_LEASE, PROCESS_LEASE_TTL, owner_id(hub.worker_id))
-    if not lease.take(wait):
+    if not lease.take(hub.config.process.lease_wait if wait is None else wait):
         stats.busy = lease.holder() or "another worker"
         logger.info("process stage busy in another worker; skipped",
                     extra={"holder": stats.busy})
@@ -716,9 +717,7 @@ def run_once(hub: Hub, connectors: Sequence[str] | None = None,
              progress: Progress | None = None) -> RunSummary:
     """One pass of every requested stage (``status`` pulls case status back from downstream)."""
     ing = ingest(hub, connectors, progress=progress) if "ingest" in stages else []
-    proc = (process(hub, progress=progress, wait=hub.config.process.lease_wait)
-            if "process" in stages
-            else ProcessStats())
+    proc = process(hub, progress=progress) if "process" in stages else ProcessStats()
     dlv = deliver(hub, progress=progress) if "deliver" in stages else DeliverStats()
     sync = None
     if "status" in stages:

@@ -103,10 +103,10 @@ class Intake:
     def _process(self) -> None:
         from hub.pipeline import process
 
-        wait = self.hub.config.process.lease_wait
-        stats = process(self.hub, sources=[self.source], wait=wait)
+        stats = process(self.hub, sources=[self.source])
         if stats.busy:
-            raise IntakeBusy(f"another worker kept the process stage for {wait:.0f} s; the "
+            raise IntakeBusy(f"another worker kept the process stage for "
+                             f"{self.hub.config.process.lease_wait:.0f} s; the "
                              "records are stored and will be processed: post the same batch "
                              "again for their references")
 

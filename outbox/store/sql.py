@@ -460,21 +460,11 @@ class SqlStore:
         Workers are named ``host:pid``; a lease of a dead local process can be taken at once
         instead of waiting for it to run out. Leases of other hosts are left to expire.
         """
-        import os
+        from hub.leases import holder_is_dead
 
         rows = self.query("SELECT DISTINCT claimed_by FROM outbox WHERE state = 'in_flight' "
                           "AND claimed_by LIKE ?", (f"{host}:%",))
-        dead = []
-        for r in rows:
-            pid_s = str(r["claimed_by"]).rsplit(":", 1)[-1]
-            if not pid_s.isdigit():
-                continue
-            try:
-                os.kill(int(pid_s), 0)
-            except ProcessLookupError:
-                dead.append(r["claimed_by"])
-            except PermissionError:
-                continue
+        dead = [r["claimed_by"] for r in rows if holder_is_dead(str(r["claimed_by"]), host)]
         if not dead:
             return 0
         with self._write_tx() as cur:
