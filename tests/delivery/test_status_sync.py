@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -14,6 +15,12 @@ from tests.delivery.conftest import GOOD, open311_sink, outbox_rows, seed
 pytestmark = pytest.mark.integration
 
 
+def later(hours: float) -> str:
+    """A remote update time ``hours`` after now (cases are created now, and an update older
+    than what was already recorded is ignored as out of order)."""
+    return (datetime.now(timezone.utc) + timedelta(hours=hours)).isoformat()
+
+
 def test_status_changes_recorded_once_and_out_of_order_ignored(make_hub, open311) -> None:
     hub = make_hub([open311_sink(open311, status_batch=10)])
     seed(hub)
@@ -21,8 +28,8 @@ def test_status_changes_recorded_once_and_out_of_order_ignored(make_hub, open311
     rows = outbox_rows(hub)
     sr = rows[0]["remote_id"]
     case_id = rows[0]["case_id"]
-    open311.set_status(sr, "open", "已派单至路灯管理所", "2026-11-25T09:00:00+08:00")
-    open311.set_status(rows[1]["remote_id"], "closed", "已修复", "2026-11-25T10:00:00+08:00")
+    open311.set_status(sr, "open", "已派单至路灯管理所", later(1))
+    open311.set_status(rows[1]["remote_id"], "closed", "已修复", later(2))
     stats = sync_status(hub)
     # every delivered case is polled (in batches of 10); those still at their creation time
     # are recorded as open once
@@ -33,10 +40,10 @@ def test_status_changes_recorded_once_and_out_of_order_ignored(make_hub, open311
     again = sync_status(hub)
     assert again.changes == 0  # repeated answers add nothing
     # an older update arriving later is ignored
-    open311.set_status(sr, "closed", "旧状态", "2026-11-25T08:00:00+08:00")
+    open311.set_status(sr, "closed", "旧状态", later(0.5))
     assert sync_status(hub).changes == 0
     # a newer one is recorded and closes the case
-    open311.set_status(sr, "closed", "已修复，路灯恢复照明", "2026-11-25T18:00:00+08:00")
+    open311.set_status(sr, "closed", "已修复，路灯恢复照明", later(10))
     assert sync_status(hub).changes == 1
     events = [e for e in hub.store.timeline(case_id) if e["kind"] == "status"]
     assert [e["data"]["status"] for e in events] == ["open", "closed"]
@@ -53,7 +60,7 @@ def test_cases_show_prints_the_timeline(make_hub, open311, cli, tmp_path) -> Non
     refs = seed(hub)
     run_once(hub)
     row = outbox_rows(hub)[0]
-    open311.set_status(row["remote_id"], "closed", "已处理完毕", "2026-11-25T18:00:00+08:00")
+    open311.set_status(row["remote_id"], "closed", "已处理完毕", later(10))
     sync_status(hub)
     res = cli(tmp_path / "feedback-hub.yaml", "cases", "show", refs[0])
     assert res.returncode == 0, res.stderr
