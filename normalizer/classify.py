@@ -185,6 +185,10 @@ class Classifier:
         self.tax = tax
         self.min_confidence = min_confidence
         self.top_n = top_n
+        if any(len(t) == 1 and t >= "\u3400" for t in tax.term_index):
+            # load the segmentation dictionary now (about a second, once per process), not
+            # inside the first batch a worker processes
+            _jieba()
 
     def classification(self, code: str, confidence: float, evidence: list[Evidence],
                        candidates: list[Candidate]) -> Classification:

@@ -67,6 +67,18 @@ def neighbour_cells(lat: float, lon: float, radius_m: float) -> list[str]:
             for i in range(-r_lat, r_lat + 1) for j in range(-r_lon, r_lon + 1)]
 
 
+def box_cells(lat_min: float, lat_max: float, lon_min: float, lon_max: float) -> list[str]:
+    """The cells a bounding box touches (1 to 4 for a radius under half a cell).
+
+    Exactly the cells that can hold a point inside the box (:func:`cell_of` floors the same
+    way), so a lookup by these cells AND the box finds what the wider square of
+    :func:`neighbour_cells` AND the box finds, with fewer index probes.
+    """
+    lat_lo, lat_hi = math.floor(lat_min / CELL_DEG), math.floor(lat_max / CELL_DEG)
+    lon_lo, lon_hi = math.floor(lon_min / CELL_DEG), math.floor(lon_max / CELL_DEG)
+    return [f"{i}:{j}" for i in range(lat_lo, lat_hi + 1) for j in range(lon_lo, lon_hi + 1)]
+
+
 #: Raw records per INSERT statement in commit_ingest (8 parameters each: well under the
 #: parameter limits of SQLite and PostgreSQL).
 _INGEST_ROWS = 500
@@ -887,12 +899,13 @@ class ProcessTx:
             params.extend([*where_p, *window_p, limit])
 
         if lat is not None and lon is not None and radius_m:
-            cells = neighbour_cells(lat, lon, radius_m)
             dlat = radius_m / 111_320.0
             dlon = radius_m / (111_320.0 * max(math.cos(math.radians(lat)), 0.01))
+            box = (lat - dlat, lat + dlat, lon - dlon, lon + dlon)
+            cells = box_cells(*box)
             lookup(f"{cat_sql} AND cell IN ({','.join('?' * len(cells))}) "
                    "AND lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?",
-                   [*cat_p, *cells, lat - dlat, lat + dlat, lon - dlon, lon + dlon])
+                   [*cat_p, *cells, *box])
         if community:  # distance OR the same community
             lookup(f"{cat_sql} AND community = ?", [*cat_p, community])
         elif address:
