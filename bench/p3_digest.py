@@ -74,7 +74,7 @@ def run(n: int, dump: str | None = None) -> dict[str, str]:
             hub.store.commit_ingest("bench", recs[i:i + 5000])
         stats = process(hub)
         digests: dict[str, str] = {}
-        out = open(dump, "w", encoding="utf-8") if dump else None  # noqa: SIM115
+        out = open(dump, "w", encoding="utf-8") if dump else None
         try:
             for name, sql in QUERIES.items():
                 h = hashlib.sha256()

@@ -12,6 +12,7 @@ import hashlib
 import uuid
 from datetime import datetime
 from enum import Enum
+from functools import lru_cache
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -285,8 +286,14 @@ def reporter_key(case: Case) -> str | None:
     The store indexes it and repeat linking queries by it, so both must use this function.
     """
     r = case.reporter
-    ident = "".join(ch for ch in (r.phone or "") if ch.isdigit())[-11:] or (r.email or "").lower()
-    if not ident or r.anonymous:
+    return _reporter_key(r.phone, r.email, r.anonymous)
+
+
+@lru_cache(maxsize=4096)
+def _reporter_key(phone: str | None, email: str | None, anonymous: bool) -> str | None:
+    # cached: linking looks the key up and the store indexes it, for the same case
+    ident = "".join(ch for ch in (phone or "") if ch.isdigit())[-11:] or (email or "").lower()
+    if not ident or anonymous:
         return None
     return hashlib.sha256(f"reporter|{ident}".encode()).hexdigest()[:32]
 

@@ -13,6 +13,7 @@ are stable across processes and versions.
 
 from __future__ import annotations
 
+import struct
 from functools import lru_cache
 from itertools import pairwise
 
@@ -25,7 +26,7 @@ _MASK64 = (1 << 64) - 1
 
 
 def _clean(text: str) -> str:
-    return "".join(ch for ch in normalize(text) if ch.isalnum())
+    return "".join(filter(str.isalnum, normalize(text)))
 
 
 def shingle_hashes(text: str) -> set[int]:
@@ -41,7 +42,8 @@ def shingle_hashes(text: str) -> set[int]:
 def fingerprint(text: str) -> str:
     """The stored similarity sketch of a text (``m1:`` + up to K sorted hex hashes)."""
     hashes = sorted(shingle_hashes(text))[:K]
-    return PREFIX + "".join(f"{h:08x}" for h in hashes)
+    # big-endian 32-bit words in hex: the same text as "".join(f"{h:08x}" ...), in one call
+    return PREFIX + struct.pack(f">{len(hashes)}I", *hashes).hex()
 
 
 @lru_cache(maxsize=8192)
@@ -58,9 +60,14 @@ def similarity(fp_a: str, fp_b: str) -> float:
     a, b = parse_fingerprint(fp_a), parse_fingerprint(fp_b)
     if not a or not b:
         return 0.0
-    union = sorted(a | b)[:K]
-    both = sum(1 for h in union if h in a and h in b)
-    return both / len(union)
+    every = a | b
+    if len(every) <= K:  # the bottom K of the union is all of it: the exact Jaccard index
+        return len(a & b) / len(every)
+    both = a & b
+    if not both:
+        return 0.0
+    kth = sorted(every)[K - 1]  # the largest hash of the union's bottom K
+    return sum(1 for h in both if h <= kth) / K
 
 
 def text_similarity(a: str, b: str) -> float:

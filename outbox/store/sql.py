@@ -885,42 +885,60 @@ class ProcessTx:
         the same address), and from the same reporter; received between ``since`` and
         ``until``.
         """
-        cols = self._NEARBY_COLS
-        window = "received_at >= ?" + (" AND received_at <= ?" if until is not None else "")
-        window_p: list[Any] = [ts(since)] + ([ts(until)] if until is not None else [])
-        cat_sql = "category_code IS NULL" if category_code is None else "category_code = ?"
+        window_p: list[Any] = [ts(since)] if until is None else [ts(since), ts(until)]
         cat_p: list[Any] = [] if category_code is None else [category_code]
-        parts: list[str] = []
         params: list[Any] = []
-
-        def lookup(where: str, where_p: list[Any]) -> None:
-            parts.append(f"SELECT * FROM (SELECT {cols} FROM cases WHERE {where} AND {window} "
-                         f"ORDER BY received_at DESC LIMIT ?) AS q{len(parts)}")
-            params.extend([*where_p, *window_p, limit])
-
+        ncells = 0
         if lat is not None and lon is not None and radius_m:
             dlat = radius_m / 111_320.0
             dlon = radius_m / (111_320.0 * max(math.cos(math.radians(lat)), 0.01))
             box = (lat - dlat, lat + dlat, lon - dlon, lon + dlon)
             cells = box_cells(*box)
-            lookup(f"{cat_sql} AND cell IN ({','.join('?' * len(cells))}) "
-                   "AND lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?",
-                   [*cat_p, *cells, *box])
-        if community:  # distance OR the same community
-            lookup(f"{cat_sql} AND community = ?", [*cat_p, community])
-        elif address:
-            lookup(f"{cat_sql} AND address = ?", [*cat_p, address])
+            ncells = len(cells)
+            params += [*cat_p, *cells, *box, *window_p, limit]
+        place = "community" if community else "address" if address else ""
+        if place:  # distance OR the same community (or, without one, the same address)
+            params += [*cat_p, community or address, *window_p, limit]
         if reporter_key:
-            lookup("reporter_key = ?", [reporter_key])
-        if not parts:
+            params += [reporter_key, *window_p, limit]
+        if not (ncells or place or reporter_key):
             return []
-        self._exec(" UNION ALL ".join(parts), params)
+        shape = (category_code is None, until is None, ncells, place, bool(reporter_key))
+        sql = self._nearby_sql.get(shape)
+        if sql is None:
+            sql = self._nearby_sql[shape] = self._nearby_statement(*shape)
+        self._exec(sql, params)
         names = self._NEARBY_NAMES
         found: dict[str, dict[str, Any]] = {}
         for row in self.cur.fetchall():
             if row[0] not in found:
                 found[row[0]] = dict(zip(names, row, strict=True))
         return list(found.values())[: limit * 2]
+
+    #: nearby-cases statement per shape (the SQL text depends only on which lookups run)
+    _nearby_sql: dict[tuple[Any, ...], str] = {}
+
+    @classmethod
+    def _nearby_statement(cls, no_category: bool, no_until: bool, ncells: int, place: str,
+                          reporter: bool) -> str:
+        """The UNION of the lookups :meth:`nearby_cases` runs, in its parameter order."""
+        cols = cls._NEARBY_COLS
+        window = "received_at >= ?" + ("" if no_until else " AND received_at <= ?")
+        cat_sql = "category_code IS NULL" if no_category else "category_code = ?"
+        parts: list[str] = []
+
+        def lookup(where: str) -> None:
+            parts.append(f"SELECT * FROM (SELECT {cols} FROM cases WHERE {where} AND {window} "
+                         f"ORDER BY received_at DESC LIMIT ?) AS q{len(parts)}")
+
+        if ncells:
+            lookup(f"{cat_sql} AND cell IN ({','.join('?' * ncells)}) "
+                   "AND lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?")
+        if place:
+            lookup(f"{cat_sql} AND {place} = ?")
+        if reporter:
+            lookup("reporter_key = ?")
+        return " UNION ALL ".join(parts)
 
     # ---------------------------------------------------------------- writes
     def save_case(self, case: Case, raw_id: int | None, sinks: Sequence[str],
