@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from queue import SimpleQueue
@@ -262,6 +263,26 @@ def _freeze_long_lived() -> None:
         gc.freeze()
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for one batch.
+
+    A batch allocates hundreds of thousands of short-lived objects (models, dicts, rows) that
+    reference counting frees; the collector, triggered every 700 allocations, mostly walks the
+    ones still alive and, every tenth pass, the older generations too (about 8% of the stage's
+    CPU in P3). Cycles a batch makes (a traceback of a dead-lettered record) wait until the
+    batch is committed; the collector then runs on its usual thresholds.
+    """
+    if not gc.isenabled():  # an embedding application turned it off: leave it off
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _process(hub: Hub, stats: ProcessStats, limit: int | None, sources: Sequence[str] | None,
              progress: Progress | None, lease: Lease) -> None:
     batch_size = hub.config.process.batch_size
@@ -279,7 +300,7 @@ def _process(hub: Hub, stats: ProcessStats, limit: int | None, sources: Sequence
         if not pending:
             break
         after_id = pending[-1].id
-        with hub.store.process_tx() as tx:
+        with _gc_paused(), hub.store.process_tx() as tx:
             for stored in pending:
                 stats.seen += 1
                 raw = stored.record
