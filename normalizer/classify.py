@@ -131,10 +131,7 @@ def score_text(tax: Taxonomy, text: str, title_len: int = 0) -> ClassifyResult:
                 continue
             res.scores[code] = res.scores.get(code, 0.0) + weight * factor
             per_cat.setdefault(code, {}).setdefault((rule, where), []).append(term)
-    chars = set(text)
-    for code, rx, starts in tax.regexes:
-        if starts is not None and chars.isdisjoint(starts):
-            continue
+    for code, rx in tax.regexes_in(text):
         m = rx.search(text)
         if m is None:
             continue

@@ -15,6 +15,7 @@ with ``calendar_fallback: weekdays``, a Monday–Friday estimate flagged ``deadl
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -28,6 +29,14 @@ DEFAULT_RESOLVE_DAYS = {"simple": 0, "ordinary": 3, "major": 7, "emergency": 1}
 DEFAULT_SIMPLE_KINDS = ("inquiry", "praise")
 POLICY_LABELS = {"simple": "simple matter", "ordinary": "ordinary matter",
                  "major": "major matter (plan)", "emergency": "emergency"}
+
+
+@lru_cache(maxsize=256)
+def _rule_text(policy: str, hours: float, days: int) -> str:
+    """The rule recorded in ``deadlines.policy`` (a handful of distinct texts: cached)."""
+    return (f"{POLICY_LABELS[policy]}: respond within {hours:g} h, resolve "
+            + ("the same working day" if days == 0 else
+               f"within {days} working day{'s' if days != 1 else ''}"))
 
 
 class DeadlineSetter:
@@ -104,10 +113,7 @@ class DeadlineSetter:
         start = received.date()
         if days == 0 and received.time() >= self.cutoff:
             start += dt.timedelta(days=1)  # too late to answer today: the next working day
-        label = POLICY_LABELS[policy]
-        rule = (f"{label}: respond within {hours:g} h, resolve "
-                + ("the same working day" if days == 0 else
-                   f"within {days} working day{'s' if days != 1 else ''}"))
+        rule = _rule_text(policy, hours, days)
         calendar = self._calendar_label()
         try:
             last = self.calendar.add_workdays(start, days)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,8 @@ class Gazetteer:
     places: dict[str, Place]
     matcher: TermMatcher
     source: str = ""
+    #: places with coordinates and a district, each once, in file order (for ``nearest``)
+    _located: list[Place] | None = field(default=None, repr=False)
 
     def find(self, text: str) -> list[Place]:
         """Places named in ``text``, most specific first."""
@@ -83,11 +85,17 @@ class Gazetteer:
 
     def nearest(self, lat: float, lon: float, max_m: float) -> tuple[Place, float] | None:
         """The nearest place with an area (district) within ``max_m`` metres, if any."""
+        if self._located is None:
+            self._located = [p for p in {id(p): p for p in self.places.values()}.values()
+                             if p.lat is not None and p.lon is not None and p.district]
         best: tuple[Place, float] | None = None
-        for p in {id(p): p for p in self.places.values()}.values():
-            if p.lat is None or p.lon is None or not p.district:
+        # a place further north or south than max_m (plus a metre for rounding) is too far
+        # whatever its longitude: skip the distance for it
+        max_dlat = (max_m + 1.0) / 111_320.0
+        for p in self._located:
+            if abs(p.lat - lat) > max_dlat:  # type: ignore[operator]
                 continue
-            d = _distance_m(lat, lon, p.lat, p.lon)
+            d = _distance_m(lat, lon, p.lat, p.lon)  # type: ignore[arg-type]
             if d <= max_m and (best is None or d < best[1]):
                 best = (p, d)
         return best

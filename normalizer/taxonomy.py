@@ -80,6 +80,9 @@ class Taxonomy:
     aliases: dict[str, str] = field(default_factory=dict)
     alias_pattern: re.Pattern[str] | None = None
     _cue_cache: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict, repr=False)
+    #: first character → indexes into ``regexes``, and the regexes with no known first one
+    _regex_index: tuple[dict[str, list[int]], list[int]] | None = field(default=None,
+                                                                        repr=False)
     _prep_cache: dict[str, str] = field(default_factory=dict, repr=False)
 
     def cues(self, prepared: str) -> list[tuple[str, int, int]]:
@@ -98,6 +101,26 @@ class Taxonomy:
         """(name, term, start) of the cues of one group (kind, urgency, major, secondary)."""
         return [(name, term, start) for term, start, _ in self.cues(prepared)
                 for g, name in self.cue_index[term] if g == group]
+
+    def regexes_in(self, prepared: str) -> list[tuple[str, re.Pattern[str]]]:
+        """The category regexes that can match ``prepared`` (a match must start with one of
+        its characters), as (category code, regex), in ``regexes`` order."""
+        if self._regex_index is None:
+            by_char: dict[str, list[int]] = {}
+            always: list[int] = []
+            for i, (_, _, starts) in enumerate(self.regexes):
+                if starts is None:
+                    always.append(i)
+                    continue
+                for ch in starts:
+                    by_char.setdefault(ch, []).append(i)
+            self._regex_index = (by_char, always)
+        by_char, always = self._regex_index
+        found = set(always)
+        for ch in by_char.keys() & set(prepared):
+            found.update(by_char[ch])
+        regexes = self.regexes
+        return [regexes[i][:2] for i in sorted(found)]
 
     def prepare(self, text: str) -> str:
         """Normalize text for matching: simplified, half-width, lower case, typos fixed.

@@ -58,6 +58,8 @@ class WorkCalendar:
     #: years not known anywhere that are counted Monday–Friday (the flagged fallback)
     weekday_fallback: bool = False
     _cache: dict[dt.date, bool] = field(default_factory=dict, repr=False)
+    #: (start, n) → add_workdays result: cases of one day all ask the same few questions
+    _spans: dict[tuple[dt.date, int], dt.date] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, override: str | Path | None = None, *,
@@ -101,6 +103,7 @@ class WorkCalendar:
             self.workdays.update(work)
             self.override_years[y] = str(spec.get("source") or Path(where).name)
         self._cache.clear()
+        self._spans.clear()
 
     @property
     def source(self) -> str:
@@ -146,16 +149,22 @@ class WorkCalendar:
 
         With ``n == 0``: ``start`` if it is a working day, else the next working day.
         """
+        hit = self._spans.get((start, n))
+        if hit is not None:
+            return hit
         day = start
         if n == 0:
             while not self.is_workday(day):
                 day += dt.timedelta(days=1)
-            return day
-        left = n
-        while left > 0:
-            day += dt.timedelta(days=1)
-            if self.is_workday(day):
-                left -= 1
+        else:
+            left = n
+            while left > 0:
+                day += dt.timedelta(days=1)
+                if self.is_workday(day):
+                    left -= 1
+        if len(self._spans) > 4096:
+            self._spans.clear()
+        self._spans[(start, n)] = day
         return day
 
     def unknown_years(self, start: dt.date, end: dt.date) -> list[int]:
