@@ -292,7 +292,7 @@ def reporter_key(case: Case) -> str | None:
 @lru_cache(maxsize=4096)
 def _reporter_key(phone: str | None, email: str | None, anonymous: bool) -> str | None:
     # cached: linking looks the key up and the store indexes it, for the same case
-    ident = "".join(ch for ch in (phone or "") if ch.isdigit())[-11:] or (email or "").lower()
+    ident = "".join(filter(str.isdigit, phone or ""))[-11:] or (email or "").lower()
     if not ident or anonymous:
         return None
     return hashlib.sha256(f"reporter|{ident}".encode()).hexdigest()[:32]

@@ -131,7 +131,10 @@ def score_text(tax: Taxonomy, text: str, title_len: int = 0) -> ClassifyResult:
                 continue
             res.scores[code] = res.scores.get(code, 0.0) + weight * factor
             per_cat.setdefault(code, {}).setdefault((rule, where), []).append(term)
-    for code, rx in tax.regexes_in(text):
+    chars = set(text)
+    for code, rx, starts in tax.regexes:
+        if starts is not None and chars.isdisjoint(starts):
+            continue
         m = rx.search(text)
         if m is None:
             continue

@@ -13,6 +13,7 @@ are stable across processes and versions.
 
 from __future__ import annotations
 
+import re
 import struct
 from functools import lru_cache
 from itertools import pairwise
@@ -23,6 +24,7 @@ K = 48
 PREFIX = "m1:"
 _MULT = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
+_HEX = re.compile(r"[0-9a-f]*")
 
 
 def _clean(text: str) -> str:
@@ -52,6 +54,8 @@ def parse_fingerprint(fp: str) -> frozenset[int]:
     if not fp or not fp.startswith(PREFIX):
         return frozenset()
     body = fp[len(PREFIX):]
+    if len(body) % 8 == 0 and _HEX.fullmatch(body):  # what fingerprint() writes: one call
+        return frozenset(struct.unpack(f">{len(body) // 8}I", bytes.fromhex(body)))
     return frozenset(int(body[i:i + 8], 16) for i in range(0, len(body) - 7, 8))
 
 
