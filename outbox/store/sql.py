@@ -771,6 +771,37 @@ class SqlStore:
             self._exec(cur, "DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
 
 
+class _Savepoint:
+    """:meth:`ProcessTx.savepoint` (a class, not a generator: it runs once per record).
+
+    One name for every level: SQLite and PostgreSQL resolve a reused name to the innermost
+    savepoint, and the fixed SQL text keeps the prepared-statement cache warm. On error the
+    write-behind buffers are cut back to where they were.
+    """
+
+    __slots__ = ("marks", "tx")
+
+    def __init__(self, tx: ProcessTx) -> None:
+        self.tx = tx
+        self.marks = (0, 0, 0)
+
+    def __enter__(self) -> None:
+        tx = self.tx
+        self.marks = (len(tx._events), len(tx._outbox), len(tx._raw))
+        tx.cur.execute("SAVEPOINT rec")
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
+        tx = self.tx
+        if exc_type is None:
+            tx.cur.execute("RELEASE SAVEPOINT rec")
+            return False
+        tx.cur.execute("ROLLBACK TO SAVEPOINT rec")
+        tx.cur.execute("RELEASE SAVEPOINT rec")
+        events, outbox, raw = self.marks
+        del tx._events[events:], tx._outbox[outbox:], tx._raw[raw:]
+        return False
+
+
 class ProcessTx:
     """One process-stage transaction; also the :class:`~normalizer.mapping.MapContext`.
 
@@ -785,6 +816,12 @@ class ProcessTx:
                    "ON CONFLICT (idempotency_key) DO NOTHING")
     _RAW_SQL = ("UPDATE raw_records SET state = ?, state_reason = ?, case_id = ?, "
                 "processed_at = ? WHERE id = ?")
+    _CASE_SQL = ("INSERT INTO cases (source, source_ref, channel, kind, category_code, "
+                 "department, urgency, received_at, lat, lon, cell, district, street, "
+                 "community, address, reporter_key, fingerprint, needs_review, raw_record_id, "
+                 "body, created_at, updated_at, case_id, reference) VALUES "
+                 "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                 "ON CONFLICT (case_id) DO NOTHING")
 
     def __init__(self, store: SqlStore, cur: Any, now: datetime) -> None:
         self.store = store
@@ -824,22 +861,9 @@ class ProcessTx:
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.store._exec(self.cur, sql, params)
 
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
+    def savepoint(self) -> _Savepoint:
         """Run a block in a savepoint; roll back just the block on error."""
-        # one name for every level: SQLite and PostgreSQL resolve a reused name to the
-        # innermost savepoint, and the fixed SQL text keeps the prepared-statement cache warm
-        marks = (len(self._events), len(self._outbox), len(self._raw))
-        self._exec("SAVEPOINT rec")
-        try:
-            yield
-        except BaseException:
-            self._exec("ROLLBACK TO SAVEPOINT rec")
-            self._exec("RELEASE SAVEPOINT rec")
-            del self._events[marks[0]:], self._outbox[marks[1]:], self._raw[marks[2]:]
-            raise
-        else:
-            self._exec("RELEASE SAVEPOINT rec")
+        return _Savepoint(self)
 
     # ---------------------------------------------------------------- MapContext
     def find_case_by_key(self, key_type: str, key: str) -> str | None:
@@ -920,7 +944,7 @@ class ProcessTx:
         sql = self._nearby_sql.get(shape)
         if sql is None:
             sql = self._nearby_sql[shape] = self._nearby_statement(*shape)
-        self._exec(sql, params)
+        self.cur.execute(self.store._sql(sql), params)
         names = self._NEARBY_NAMES
         found: dict[str, dict[str, Any]] = {}
         for row in self.cur.fetchall():
@@ -978,13 +1002,9 @@ class ProcessTx:
             reporter_key(case), fingerprint, int(case.review.needs_review), raw_id,
         )
         # Optimistic insert: a new case (the common path) costs one statement.
-        self._exec("INSERT INTO cases (source, source_ref, channel, kind, category_code, "
-                   "department, urgency, received_at, lat, lon, cell, district, street, "
-                   "community, address, reporter_key, fingerprint, needs_review, raw_record_id, "
-                   "body, created_at, updated_at, case_id, reference) VALUES "
-                   "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                   "ON CONFLICT (case_id) DO NOTHING",
-                   (*cols, case.model_dump_json(), now_s, now_s, case.case_id, case.reference))
+        self.cur.execute(self.store._sql(self._CASE_SQL),
+                         (*cols, case.model_dump_json(), now_s, now_s, case.case_id,
+                          case.reference))
         is_new = self.cur.rowcount == 1
         if not is_new:
             # reprocessing: give the number back (nothing was allocated after it) and keep
