@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import math
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -68,7 +69,8 @@ def neighbour_cells(lat: float, lon: float, radius_m: float) -> list[str]:
 
 
 def box_cells(lat_min: float, lat_max: float, lon_min: float, lon_max: float) -> list[str]:
-    """The cells a bounding box touches (1 to 4 for a radius under half a cell).
+    """The cells a bounding box touches (2 to 6 for the 50 m default in Shanghai, where the
+    square of :func:`neighbour_cells` always has 9).
 
     Exactly the cells that can hold a point inside the box (:func:`cell_of` floors the same
     way), so a lookup by these cells AND the box finds what the wider square of
@@ -107,15 +109,24 @@ def _loads(value: Any) -> Any:
 
 
 def _stored_json(value: Any) -> Any:
-    """Parse JSON the store wrote (:func:`_dumps`): orjson, several times faster than
-    :mod:`json`, gives the same values; what it refuses (``NaN``, integers over 64 bits,
-    lone surrogates, which :func:`_dumps`'s fallback can write) goes through :mod:`json`."""
+    """Parse JSON the store wrote (:func:`_dumps`) into the values :mod:`json` gives.
+
+    orjson is several times faster and gives the same values, except for what only
+    :func:`_dumps`'s fallback writes: it refuses ``NaN`` and lone surrogates (then :mod:`json`
+    parses), and it reads integers outside 64 bits as floats, so text with a run of 19 or more
+    digits goes to :mod:`json` directly.
+    """
     if value is None or isinstance(value, (dict, list)):
         return value
-    try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return json.loads(value)
+    if _LONG_DIGITS.search(value) is None:
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(value)
+
+
+_LONG_DIGITS = re.compile(r"\d{19}")
 
 
 def _fast_dumps(value: dict[str, Any]) -> str:
