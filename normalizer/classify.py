@@ -180,6 +180,8 @@ class Classifier:
     """Enricher: sets ``case.classification`` (and flags weak or ambiguous results)."""
 
     name = "classify"
+    #: works on the case alone (nothing read from the store)
+    reads_store = False
 
     def __init__(self, tax: Taxonomy, min_confidence: float = 0.45, top_n: int = 3) -> None:
         self.tax = tax

@@ -43,6 +43,8 @@ class DeadlineSetter:
     """Enricher: fills ``case.deadlines`` and records the calendar and the rule used."""
 
     name = "deadlines"
+    #: works on the case alone (nothing read from the store)
+    reads_store = False
 
     def __init__(self, calendar: WorkCalendar, timezone: str,
                  respond_hours: dict[str, float] | None = None,

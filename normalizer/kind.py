@@ -26,6 +26,8 @@ class KindDetector:
     """Enricher: sets ``case.kind`` from the wording when the channel did not say."""
 
     name = "kind"
+    #: works on the case alone (nothing read from the store)
+    reads_store = False
 
     def __init__(self, tax: Taxonomy) -> None:
         self.tax = tax

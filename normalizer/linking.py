@@ -59,6 +59,8 @@ class Linker:
     when many residents report the same problem."""
 
     name = "linking"
+    #: reads earlier cases from the store (MapContext.nearby_cases)
+    reads_store = True
 
     def __init__(self, radius_m: float = 50.0, window_days: float = 30.0,
                  related_threshold: float = 0.2, duplicate_threshold: float = 0.35,

@@ -183,6 +183,8 @@ class Locator:
     """Enricher: fills location from the address text or the message via the gazetteer."""
 
     name = "location"
+    #: works on the case alone (nothing read from the store)
+    reads_store = False
 
     def __init__(self, gazetteer: Gazetteer, snap_m: float = 300.0) -> None:
         self.gazetteer = gazetteer

@@ -87,7 +87,12 @@ class MapContext(Protocol):
 
 
 class Mapper(Protocol):
-    """Turns raw records of one channel into cases."""
+    """Turns raw records of one channel into cases.
+
+    Optional attribute ``reads_store = False``: the mapper uses nothing of the context but
+    ``timezone`` (no lookups, no state), so the process stage may map a whole batch before
+    saving any of it. Without it a record is mapped at its turn.
+    """
 
     def map(self, raw: RawRecord, ctx: MapContext) -> MapResult:
         """Map one raw record. Raise :class:`MappingError` for bad input."""
@@ -108,7 +113,12 @@ class Sweeper(Protocol):
 
 
 class Enricher(Protocol):
-    """Adds classification, urgency, deadlines, location, privacy or links to a case."""
+    """Adds classification, urgency, deadlines, location, privacy or links to a case.
+
+    Optional attribute ``reads_store = False``: the enricher reads nothing from the context,
+    so it may run on a batch's cases before the earlier ones are saved (see
+    :class:`Mapper`). Without it the enricher runs at the record's turn.
+    """
 
     name: str
 

@@ -188,6 +188,8 @@ class PiiFlagger:
     """Enricher: keeps contact data in reporter fields and flags sensitive numbers in the text."""
 
     name = "privacy"
+    #: works on the case alone (nothing read from the store)
+    reads_store = False
 
     def enrich(self, case: Case, ctx: object) -> None:
         """Flag ID or card numbers in the text; fill a missing reporter phone or e-mail."""

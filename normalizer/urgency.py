@@ -31,6 +31,8 @@ class UrgencyAssessor:
     """Enricher: danger words, vulnerable people and device severity raise the urgency."""
 
     name = "urgency"
+    #: works on the case alone (nothing read from the store)
+    reads_store = False
 
     def __init__(self, tax: Taxonomy) -> None:
         self.tax = tax

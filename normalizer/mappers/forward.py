@@ -93,6 +93,10 @@ def guess_language(text: str) -> str:
 class ForwardMapper:
     """Maps upstream platform records (JSON objects) to cases."""
 
+    #: maps from the record alone (no store lookups): the process stage may map a whole batch
+    #: before saving any of it
+    reads_store = False
+
     def __init__(self, *_: Any, **__: Any) -> None:
         pass
 

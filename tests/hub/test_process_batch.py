@@ -35,7 +35,7 @@ class _Probe:
 
 def _hub(tmp_path: Path, batch_size: int) -> Hub:
     cfg = tmp_path / "feedback-hub.yaml"
-    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox").mkdir(parents=True)
     cfg.write_text(yaml.safe_dump({
         "store": "sqlite:///hub.db", "blobs": "blobs",
         "connectors": [{"name": "up", "type": "jsonfile", "path": "inbox"}],
@@ -96,3 +96,54 @@ def test_collector_left_off_when_the_application_turned_it_off(tmp_path: Path) -
             gc.enable()
     finally:
         hub.close()
+
+
+class _FailingPure:
+    """A store-free enricher (runs in the batch's first pass) that fails on one title."""
+
+    name = "failing_pure"
+    reads_store = False
+
+    def enrich(self, case: Case, ctx: Any) -> None:
+        if case.title == "坏了":
+            raise ValueError("pure enricher bug")
+
+
+def _run(tmp_path: Path, premap: bool) -> tuple[list[Any], list[Any], list[Any]]:
+    from normalizer.mappers.forward import ForwardMapper
+
+    hub = _hub(tmp_path, batch_size=3)
+    try:
+        hub._enrichers = [_FailingPure(), *hub.enrichers]
+        titles = ["路灯不亮", "坏了", "路灯不亮", "", "路灯闪", "路灯不亮", "坏了", "路灯坏了"]
+        recs = [_raw(i, t) for i, t in enumerate(titles)]
+        recs[3].payload["record"].update(content="")  # neither title nor description
+        hub.store.commit_ingest("up", recs)
+        saved = ForwardMapper.reads_store
+        ForwardMapper.reads_store = not premap
+        try:
+            stats = process(hub)
+        finally:
+            ForwardMapper.reads_store = saved
+        assert (stats.cases_new, stats.failed) == (5, 3)
+        cases = hub.store.query("SELECT reference, raw_record_id, body FROM cases "
+                                "ORDER BY reference")
+        dead = hub.store.query("SELECT id, raw_record_id, reason FROM dead_letters ORDER BY id")
+        raws = hub.store.query("SELECT id, state, state_reason, case_id FROM raw_records "
+                               "ORDER BY id")
+        return cases, dead, raws
+    finally:
+        hub.close()
+
+
+def test_two_pass_batches_give_what_record_by_record_gives(tmp_path: Path) -> None:
+    one = _run(tmp_path / "premapped", premap=True)
+    other = _run(tmp_path / "in_turn", premap=False)
+    assert one == other
+    cases, dead, raws = one
+    # failures are dead-lettered in record order, whichever pass they happened in
+    assert [d["raw_record_id"] for d in dead] == [2, 4, 7]
+    assert "pure enricher bug" in dead[0]["reason"] and "neither" in dead[1]["reason"]
+    assert [r["state"] for r in raws] == ["processed", "failed", "processed", "failed",
+                                          "processed", "processed", "failed", "processed"]
+    assert [c["raw_record_id"] for c in cases] == [1, 3, 5, 6, 8]
