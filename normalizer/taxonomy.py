@@ -31,6 +31,9 @@ DEFAULT_TAXONOMY = Path(__file__).resolve().parent / "data" / "taxonomy.yaml"
 WEIGHT_KEYWORD = 2.0
 WEIGHT_WEAK = 1.0
 WEIGHT_REGEX = 3.0
+#: Texts whose preparation and cue scan are kept: more than a process batch (the stage
+#: classifies a whole batch before giving it deadlines, which reads the same cues again).
+_TEXT_CACHE = 4096
 KINDS_OF_MATTER = ("praise", "report", "suggestion", "inquiry", "help", "complaint")
 
 
@@ -90,7 +93,7 @@ class Taxonomy:
         """
         hit = self._cue_cache.get(prepared)
         if hit is None:
-            if len(self._cue_cache) > 256:
+            if len(self._cue_cache) > _TEXT_CACHE:
                 self._cue_cache.clear()
             hit = self._cue_cache[prepared] = self.cue_terms.find(prepared)
         return hit
@@ -111,7 +114,7 @@ class Taxonomy:
         out = normalize(text)
         if self.alias_pattern is not None and out:
             out = self.alias_pattern.sub(lambda m: self.aliases[m.group(0)], out)
-        if len(self._prep_cache) > 256:
+        if len(self._prep_cache) > _TEXT_CACHE:
             self._prep_cache.clear()
         self._prep_cache[text] = out
         return out
