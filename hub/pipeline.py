@@ -288,10 +288,10 @@ def _process(hub: Hub, stats: ProcessStats, limit: int | None, sources: Sequence
     batch_size = hub.config.process.batch_size
     sink_names = hub.sink_names()
     enrichers = hub.enrichers
-    # the leading enrichers that read nothing from the store, and the rest
+    # the leading enrichers that read nothing from the store: run in a batch's first pass
     n_pure = next((i for i, e in enumerate(enrichers) if getattr(e, "reads_store", True)),
                   len(enrichers))
-    pure, rest = enrichers[:n_pure], enrichers[n_pure:]
+    pure = enrichers[:n_pure]
     after_id = 0
     total = None
     if progress:
@@ -300,49 +300,13 @@ def _process(hub: Hub, stats: ProcessStats, limit: int | None, sources: Sequence
     while limit is None or stats.seen < limit:
         lease.renew()
         size = batch_size if limit is None else min(batch_size, limit - stats.seen)
-        pending = hub.store.pending_raw(size, after_id, sources)
-        if not pending:
-            break
-        after_id = pending[-1].id
-        with _gc_paused(), hub.store.process_tx() as tx:
-            premapped = _premap(hub, tx, pending, pure)
-            for stored in pending:
-                stats.seen += 1
-                raw = stored.record
-                try:
-                    with tx.savepoint():
-                        early = premapped.pop(stored.id, None)
-                        if early is None:
-                            result = hub.mapper(raw.source, raw.channel.value).map(raw, tx)
-                            chain = enrichers
-                        elif isinstance(early, Exception):
-                            raise early
-                        else:
-                            result, chain = early, rest
-                        if result.case is None and not result.updates:
-                            reason = result.ignored_reason or "mapper returned nothing"
-                            tx.mark_raw(stored.id, "ignored", reason)
-                            stats.ignored += 1
-                            stats.ignored_reasons[reason.split(":")[0]] += 1
-                            continue
-                        case_id = _apply(hub, tx, result, stored.id, stats, sink_names,
-                                         chain)
-                        tx.mark_raw(stored.id, "processed", None, case_id)
-                except Exception as exc:
-                    expected = isinstance(exc, MappingError)
-                    reason = str(exc) if expected else f"unexpected {type(exc).__name__}: {exc}"
-                    with tx.savepoint():
-                        tx.dead_letter("process", raw.source, reason, source_ref=raw.source_ref,
-                                       blob_sha256=raw.raw_blob, raw_record_id=stored.id,
-                                       detail={"channel": raw.channel.value,
-                                               "error_type": type(exc).__name__})
-                        tx.mark_raw(stored.id, "failed", reason[:1000])
-                    stats.failed += 1
-                    log = logger.warning if expected else logger.error
-                    log("record dead-lettered", extra={"stage": "process", "source": raw.source,
-                                                       "source_ref": raw.source_ref,
-                                                       "reason": reason},
-                        exc_info=not expected)
+        with _gc_paused():  # from reading the batch to its commit
+            pending = hub.store.pending_raw(size, after_id, sources)
+            if not pending:
+                break
+            after_id = pending[-1].id
+            with hub.store.process_tx() as tx:
+                _process_batch(hub, tx, pending, stats, sink_names, enrichers, pure)
         faults.point("after_case_commit")
         _freeze_long_lived()
         if progress:
@@ -352,6 +316,51 @@ def _process(hub: Hub, stats: ProcessStats, limit: int | None, sources: Sequence
     logger.info("processed", extra={"seen": stats.seen, "new": stats.cases_new,
                                     "updates": stats.updates, "ignored": stats.ignored,
                                     "failed": stats.failed})
+
+
+def _process_batch(hub: Hub, tx: Any, pending: Sequence[Any], stats: ProcessStats,
+                   sink_names: list[str], enrichers: list[Enricher],
+                   pure: list[Enricher]) -> None:
+    """Process one batch in its transaction: each record in a savepoint, failures
+    dead-lettered alone."""
+    premapped = _premap(hub, tx, pending, pure)
+    rest = enrichers[len(pure):]
+    for stored in pending:
+        stats.seen += 1
+        raw = stored.record
+        try:
+            with tx.savepoint():
+                early = premapped.pop(stored.id, None)
+                if early is None:
+                    result = hub.mapper(raw.source, raw.channel.value).map(raw, tx)
+                    chain = enrichers
+                elif isinstance(early, Exception):
+                    raise early
+                else:
+                    result, chain = early, rest
+                if result.case is None and not result.updates:
+                    reason = result.ignored_reason or "mapper returned nothing"
+                    tx.mark_raw(stored.id, "ignored", reason)
+                    stats.ignored += 1
+                    stats.ignored_reasons[reason.split(":")[0]] += 1
+                    continue
+                case_id = _apply(hub, tx, result, stored.id, stats, sink_names, chain)
+                tx.mark_raw(stored.id, "processed", None, case_id)
+        except Exception as exc:
+            expected = isinstance(exc, MappingError)
+            reason = str(exc) if expected else f"unexpected {type(exc).__name__}: {exc}"
+            with tx.savepoint():
+                tx.dead_letter("process", raw.source, reason, source_ref=raw.source_ref,
+                               blob_sha256=raw.raw_blob, raw_record_id=stored.id,
+                               detail={"channel": raw.channel.value,
+                                       "error_type": type(exc).__name__})
+                tx.mark_raw(stored.id, "failed", reason[:1000])
+            stats.failed += 1
+            log = logger.warning if expected else logger.error
+            log("record dead-lettered", extra={"stage": "process", "source": raw.source,
+                                               "source_ref": raw.source_ref,
+                                               "reason": reason},
+                exc_info=not expected)
 
 
 def _premap(hub: Hub, tx: Any, pending: Sequence[Any], pure: Sequence[Enricher]
