@@ -19,7 +19,6 @@ import functools
 import json
 import logging
 import math
-import re
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -106,27 +105,6 @@ def _loads(value: Any) -> Any:
     if value is None or isinstance(value, (dict, list)):
         return value
     return json.loads(value)
-
-
-def _stored_json(value: Any) -> Any:
-    """Parse JSON the store wrote (:func:`_dumps`) into the values :mod:`json` gives.
-
-    orjson is several times faster and gives the same values, except for what only
-    :func:`_dumps`'s fallback writes: it refuses ``NaN`` and lone surrogates (then :mod:`json`
-    parses), and it reads integers outside 64 bits as floats, so text with a run of 19 or more
-    digits goes to :mod:`json` directly.
-    """
-    if value is None or isinstance(value, (dict, list)):
-        return value
-    if _LONG_DIGITS.search(value) is None:
-        try:
-            return orjson.loads(value)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(value)
-
-
-_LONG_DIGITS = re.compile(r"\d{19}")
 
 
 def _fast_dumps(value: dict[str, Any]) -> str:
@@ -432,7 +410,7 @@ class SqlStore:
     def _raw_from_row(self, r: dict[str, Any]) -> StoredRaw:
         # rows were validated before they were written: rebuild without validating again
         rec = trusted_raw(r["source"], Channel(r["channel"]), r["source_ref"],
-                          parse_ts(r["received_at"]), _stored_json(r["payload"]))
+                          parse_ts(r["received_at"]), _loads(r["payload"]))
         if r["attachments"] not in ("[]", []):
             rec.__dict__["attachments"] = [BlobRef.model_construct(**a)
                                            for a in _loads(r["attachments"])]
