@@ -13,7 +13,6 @@ are stable across processes and versions.
 
 from __future__ import annotations
 
-import re
 import struct
 from functools import lru_cache
 from itertools import pairwise
@@ -24,7 +23,6 @@ K = 48
 PREFIX = "m1:"
 _MULT = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
-_HEX = re.compile(r"[0-9a-f]*")
 
 
 def _clean(text: str) -> str:
@@ -45,18 +43,40 @@ def fingerprint(text: str) -> str:
     """The stored similarity sketch of a text (``m1:`` + up to K sorted hex hashes)."""
     hashes = sorted(shingle_hashes(text))[:K]
     # big-endian 32-bit words in hex: the same text as "".join(f"{h:08x}" ...), in one call
-    return PREFIX + struct.pack(f">{len(hashes)}I", *hashes).hex()
+    fp = PREFIX + struct.pack(f">{len(hashes)}I", *hashes).hex()
+    _remember(fp, frozenset(hashes))  # linking compares it next: no need to parse it back
+    return fp
 
 
-@lru_cache(maxsize=8192)
+#: fingerprint text → its hashes, for the fingerprints compared lately (cleared when full)
+_SKETCHES: dict[str, frozenset[int]] = {}
+_SKETCHES_MAX = 8192
+
+
+def _remember(fp: str, hashes: frozenset[int]) -> frozenset[int]:
+    if len(_SKETCHES) >= _SKETCHES_MAX:
+        _SKETCHES.clear()
+    _SKETCHES[fp] = hashes
+    return hashes
+
+
 def parse_fingerprint(fp: str) -> frozenset[int]:
     """The hashes in a fingerprint (empty for a foreign or empty one)."""
+    hit = _SKETCHES.get(fp)
+    if hit is not None:
+        return hit
     if not fp or not fp.startswith(PREFIX):
         return frozenset()
     body = fp[len(PREFIX):]
-    if len(body) % 8 == 0 and _HEX.fullmatch(body):  # what fingerprint() writes: one call
-        return frozenset(struct.unpack(f">{len(body) // 8}I", bytes.fromhex(body)))
-    return frozenset(int(body[i:i + 8], 16) for i in range(0, len(body) - 7, 8))
+    # what fingerprint() writes, lower-case hex, in one call; anything else (upper case,
+    # spaces...) the way it was always read, 8 characters at a time
+    if len(body) % 8 == 0 and body.isascii() and body.isalnum() and body.islower():
+        try:
+            return _remember(fp, frozenset(struct.unpack(f">{len(body) // 8}I",
+                                                         bytes.fromhex(body))))
+        except ValueError:  # letters past f
+            pass
+    return _remember(fp, frozenset(int(body[i:i + 8], 16) for i in range(0, len(body) - 7, 8)))
 
 
 def similarity(fp_a: str, fp_b: str) -> float:
