@@ -6,6 +6,7 @@ import functools
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ class SqliteStore(SqlStore):
         before = self.conn.total_changes
         for i in range(0, len(rows), _SQLITE_INGEST_ROWS):
             chunk = rows[i:i + _SQLITE_INGEST_ROWS]
-            cur.execute(_insert_rows_sql(len(chunk)), [v for row in chunk for v in row])
+            cur.execute(_insert_rows_sql(len(chunk)), list(chain.from_iterable(chunk)))
         inserted = self.conn.total_changes - before
         if not inserted:
             return []
