@@ -43,7 +43,7 @@ from connectors.base import (
     payload_json,
     trusted_raw,
 )
-from connectors.iot.config import DecoderType, MqttConfig
+from connectors.iot.config import MqttConfig
 from connectors.iot.decoders import DecodeError, Decoder
 from connectors.iot.prefetch import prefetch
 from connectors.iot.session import Message, Session, open_session
@@ -71,6 +71,8 @@ class MqttConnector:
         self.name = config.name
         self.channel: Channel = config.channel
         self.decoders = [(s.topic, Decoder(s)) for s in config.subscriptions]
+        self._only_decoder = self.decoders[0][1] if len(self.decoders) == 1 else None
+        self._max_payload = config.max_payload
         self._session: Session | None = None
         self._session_lock = threading.Lock()
 
@@ -98,10 +100,10 @@ class MqttConnector:
     def _encode(self, topic: str, payload: bytes, qos: int,
                 retain: bool) -> tuple[str, dict[str, Any]]:
         """Decode one message into its ``source_ref`` and record payload (raises DecodeError)."""
-        if len(payload) > self.config.max_payload:
+        if len(payload) > self._max_payload:
             raise DecodeError(f"payload is {len(payload)} bytes, over max_payload "
-                              f"{self.config.max_payload}")
-        dec = self._decoder_for(topic)
+                              f"{self._max_payload}")
+        dec = self._only_decoder or self._decoder_for(topic)
         if dec is None:
             raise DecodeError(f"no subscription decodes topic {topic!r}")
         report = dec.decode(topic, payload)
@@ -114,7 +116,7 @@ class MqttConnector:
             ref = f"{report['device_id']}:h:{h.hexdigest()[:40]}"
         raw_text: str | None = None
         b64 = None
-        if dec.kind is not DecoderType.function:
+        if dec.text_payloads:
             try:
                 raw_text = payload.decode("utf-8")
             except UnicodeDecodeError:

@@ -133,6 +133,8 @@ class Decoder:
         self.sub = sub
         self.kind = sub.decoder
         self.kind_name = sub.decoder.value
+        #: the record keeps the payload as text (else base64): all but function decoders
+        self.text_payloads = sub.decoder is not DecoderType.function
         self.fn: Callable[[str, bytes], dict[str, Any]] | None = None
         if sub.decoder is DecoderType.function:
             self.fn = load_function(sub.function or "")
