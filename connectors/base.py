@@ -9,12 +9,14 @@ are unique on (source, source_ref) and stored once.
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, overload, runtime_checkable
 
+import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from normalizer.case import Channel
@@ -72,6 +74,66 @@ def trusted_raw(source: str, channel: Channel, source_ref: str, received_at: dat
     return rec
 
 
+_JSON_OPTS = (orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+              | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+def payload_json(payload: dict[str, Any]) -> str:
+    """The text the store writes for a record's payload: compact JSON, keys in order,
+    non-ASCII kept, anything else as ``str(value)`` (what ``json.dumps(ensure_ascii=False,
+    separators=(",", ":"), default=str)`` writes; orjson first, :mod:`json` for what orjson
+    refuses: integers over 64 bits, lone surrogates)."""
+    try:
+        return orjson.dumps(payload, default=str, option=_JSON_OPTS).decode()
+    except (TypeError, UnicodeEncodeError):
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+class PackedRecords(Sequence[RawRecord]):
+    """Raw records of one source, held in the form the store writes them.
+
+    Each record is ``(source_ref, received_at as stored text, payload JSON text)`` with no
+    attachments and no raw blob: what a connector on a hot path (MQTT: one record per message,
+    tens of thousands a second) builds instead of a :class:`RawRecord`, a payload dict and its
+    nested dicts and lists per message. Fewer objects alive until the commit means less work
+    for Python's cyclic garbage collector, and the JSON is written on the connector's thread
+    instead of the committing one.
+
+    The store writes the three fields as they are (:meth:`outbox.store.sql.SqlStore.
+    commit_ingest`); reading an item builds the :class:`RawRecord` (payload parsed back from
+    its JSON, the same values), so every other reader sees what a list of records would hold.
+    The fields must be what the store would write for that record: ``received_at`` from
+    :func:`outbox.store.timefmt.ts`, the payload from :func:`payload_json`.
+    """
+
+    __slots__ = ("channel", "rows", "source")
+
+    def __init__(self, source: str, channel: Channel) -> None:
+        self.source = source
+        self.channel = channel
+        #: (source_ref, received_at text, payload JSON text) per record, in order
+        self.rows: list[tuple[str, str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, index: int) -> RawRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[RawRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> RawRecord | list[RawRecord]:
+        if isinstance(index, slice):
+            return [self._record(row) for row in self.rows[index]]
+        return self._record(self.rows[index])
+
+    def _record(self, row: tuple[str, str, str]) -> RawRecord:
+        ref, at, payload = row
+        received = datetime.fromisoformat(at.replace("Z", "+00:00"))
+        return trusted_raw(self.source, self.channel, ref, received, orjson.loads(payload))
+
+
 @dataclass
 class Reject:
     """Input the connector could not turn into a record: goes to the dead letters."""
@@ -88,13 +150,14 @@ class SourceBatch:
     """Records fetched together, committed together, then acknowledged together.
 
     Attributes:
-        records: raw records (blobs already written to the blob store).
+        records: raw records (blobs already written to the blob store); a list, or
+            :class:`PackedRecords` from connectors on a hot path.
         rejects: bad input for the dead letters.
         checkpoint: the connector's state after this batch (None keeps the previous one).
         ack_token: anything the connector needs in :meth:`Connector.ack`.
     """
 
-    records: list[RawRecord] = field(default_factory=list)
+    records: list[RawRecord] | PackedRecords = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     checkpoint: dict[str, Any] | None = None
     ack_token: Any = None

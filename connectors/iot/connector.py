@@ -27,16 +27,28 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from paho.mqtt.client import topic_matches_sub
 
-from connectors.base import IngestContext, RawRecord, Reject, ReparseError, SourceBatch, trusted_raw
-from connectors.iot.config import DecoderType, MqttConfig
+from connectors.base import (
+    IngestContext,
+    PackedRecords,
+    RawRecord,
+    Reject,
+    ReparseError,
+    SourceBatch,
+    payload_json,
+    trusted_raw,
+)
+from connectors.iot.config import MqttConfig
 from connectors.iot.decoders import DecodeError, Decoder
+from connectors.iot.prefetch import prefetch
 from connectors.iot.session import Message, Session, open_session
 from normalizer.case import Channel
+from outbox.store.timefmt import ts
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +71,8 @@ class MqttConnector:
         self.name = config.name
         self.channel: Channel = config.channel
         self.decoders = [(s.topic, Decoder(s)) for s in config.subscriptions]
+        self._only_decoder = self.decoders[0][1] if len(self.decoders) == 1 else None
+        self._max_payload = config.max_payload
         self._session: Session | None = None
         self._session_lock = threading.Lock()
 
@@ -79,10 +93,17 @@ class MqttConnector:
     def to_record(self, topic: str, payload: bytes, received: datetime, *, qos: int = 1,
                   retain: bool = False) -> RawRecord:
         """Decode one message into a raw record (raises DecodeError)."""
-        if len(payload) > self.config.max_payload:
+        ref, body = self._encode(topic, payload, qos, retain)
+        # fields are built and checked in _encode: skip re-validation
+        return trusted_raw(self.name, self.channel, ref, received, body)
+
+    def _encode(self, topic: str, payload: bytes, qos: int,
+                retain: bool) -> tuple[str, dict[str, Any]]:
+        """Decode one message into its ``source_ref`` and record payload (raises DecodeError)."""
+        if len(payload) > self._max_payload:
             raise DecodeError(f"payload is {len(payload)} bytes, over max_payload "
-                              f"{self.config.max_payload}")
-        dec = self._decoder_for(topic)
+                              f"{self._max_payload}")
+        dec = self._only_decoder or self._decoder_for(topic)
         if dec is None:
             raise DecodeError(f"no subscription decodes topic {topic!r}")
         report = dec.decode(topic, payload)
@@ -95,7 +116,7 @@ class MqttConnector:
             ref = f"{report['device_id']}:h:{h.hexdigest()[:40]}"
         raw_text: str | None = None
         b64 = None
-        if dec.kind is not DecoderType.function:
+        if dec.text_payloads:
             try:
                 raw_text = payload.decode("utf-8")
             except UnicodeDecodeError:
@@ -109,22 +130,25 @@ class MqttConnector:
             body["payload_b64"] = b64
         if retain:
             body["retain"] = True
-        # fields are built and checked above: skip re-validation on the hot path
-        return trusted_raw(self.name, self.channel, ref, received, body)
+        return ref, body
 
     def _batch(self, msgs: list[Message]) -> SourceBatch:
-        records: list[RawRecord] = []
+        """Decode messages into one batch: records packed as the store writes them (no
+        RawRecord per message), undecodable ones as rejects with their raw bytes."""
+        records = PackedRecords(self.name, self.channel)
+        add = records.rows.append
+        encode = self._encode
         rejects: list[Reject] = []
         tokens: list[tuple[int, int]] = []  # (generation, packet id) of QoS 1 messages
-        last_rx, received = None, None
+        last_rx, at = None, ""
         for gen, mid, qos, topic_b, payload, rx, retain in msgs:
             if qos:
                 tokens.append((gen, mid))
             topic = topic_b.decode("utf-8", "replace")
             if rx != last_rx:  # messages of one network read share their receive time
-                last_rx, received = rx, datetime.fromtimestamp(rx, timezone.utc)
+                last_rx, at = rx, ts(datetime.fromtimestamp(rx, timezone.utc))
             try:
-                records.append(self.to_record(topic, payload, received, qos=qos, retain=retain))
+                ref, body = encode(topic, payload, qos, retain)
             except DecodeError as exc:
                 digest = hashlib.sha256(payload).hexdigest()
                 rejects.append(Reject(f"{topic}: {exc}", raw=payload,
@@ -132,6 +156,8 @@ class MqttConnector:
                                       detail={"topic": topic, "qos": qos, "size": len(payload)}))
                 logger.warning("undecodable mqtt payload", extra={
                     "source": self.name, "topic": topic, "reason": str(exc)})
+                continue
+            add((ref, at, payload_json(body)))
         return SourceBatch(records=records, rejects=rejects, ack_token=tokens)
 
     # -------------------------------------------------------------- run --once
@@ -151,36 +177,49 @@ class MqttConnector:
 
     def fetch(self, ctx: IngestContext) -> Iterator[SourceBatch]:
         """Drain the persistent session: stop when idle for ``idle_timeout``, after
-        ``max_duration`` or after ``ctx.max_records`` messages."""
-        c = self.config
+        ``max_duration`` or after ``ctx.max_records`` messages.
+
+        The next batch is taken and decoded on a worker thread while the caller commits the
+        current one (:func:`connectors.iot.prefetch.prefetch`); acks stay with the caller,
+        after each commit and in order.
+        """
         sess = self._open()
         with self._session_lock:
             self._session = sess
-        started = time.monotonic()
-        last_activity = started
         count = 0
         try:
-            while True:
-                now = time.monotonic()
-                if now - started >= c.max_duration:
-                    break
-                if not sess.connected.is_set():
-                    last_activity = now  # reconnecting: idleness does not count
-                msgs = sess.take(c.batch_size, min(0.25, c.idle_timeout), c.batch_linger)
-                if not msgs:
-                    if time.monotonic() - last_activity >= c.idle_timeout:
-                        break
-                    continue
-                last_activity = time.monotonic()
-                yield self._batch(msgs)
-                count += len(msgs)
-                if ctx.max_records is not None and count >= ctx.max_records:
-                    break
+            with closing(prefetch(self._drain(sess, ctx), f"mqtt-decode-{self.name}")) as ahead:
+                for batch in ahead:
+                    count += len(batch.records) + len(batch.rejects)
+                    yield batch
         finally:
             with self._session_lock:
                 self._session = None
             sess.stop()
             logger.info("mqtt drained", extra={"source": self.name, "messages": count})
+
+    def _drain(self, sess: Session, ctx: IngestContext) -> Iterator[SourceBatch]:
+        """Take and decode batches until idle, ``max_duration`` or ``ctx.max_records``."""
+        c = self.config
+        started = time.monotonic()
+        last_activity = started
+        count = 0
+        while True:
+            now = time.monotonic()
+            if now - started >= c.max_duration:
+                return
+            if not sess.connected.is_set():
+                last_activity = now  # reconnecting: idleness does not count
+            msgs = sess.take(c.batch_size, min(0.25, c.idle_timeout), c.batch_linger)
+            if not msgs:
+                if time.monotonic() - last_activity >= c.idle_timeout:
+                    return
+                continue
+            last_activity = time.monotonic()
+            yield self._batch(msgs)
+            count += len(msgs)
+            if ctx.max_records is not None and count >= ctx.max_records:
+                return
 
     # -------------------------------------------------------------- listen
     def listen(self, ctx: IngestContext, commit: Callable[[SourceBatch], None],
@@ -192,23 +231,28 @@ class MqttConnector:
         with self._session_lock:
             self._session = sess
         backoff = 1.0
-        try:
+
+        def batches() -> Iterator[SourceBatch]:
             while not stop.is_set():
                 msgs = sess.take(c.batch_size, 0.5, c.batch_linger, stop)
-                if not msgs:
-                    continue
-                while True:
-                    try:
-                        commit(self._batch(msgs))
-                        backoff = 1.0
-                        break
-                    except Exception as exc:
-                        # store trouble: keep the messages unacked and try again
-                        logger.error("mqtt batch commit failed, retrying", extra={
-                            "source": self.name, "error": str(exc)})
-                        if stop.wait(backoff + random.random()):
-                            return
-                        backoff = min(backoff * 2, 60.0)
+                if msgs:
+                    yield self._batch(msgs)
+
+        try:
+            with closing(prefetch(batches(), f"mqtt-decode-{self.name}")) as ahead:
+                for batch in ahead:
+                    while True:
+                        try:
+                            commit(batch)
+                            backoff = 1.0
+                            break
+                        except Exception as exc:
+                            # store trouble: keep the messages unacked and try again
+                            logger.error("mqtt batch commit failed, retrying", extra={
+                                "source": self.name, "error": str(exc)})
+                            if stop.wait(backoff + random.random()):
+                                return
+                            backoff = min(backoff * 2, 60.0)
         finally:
             with self._session_lock:
                 self._session = None

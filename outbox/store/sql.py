@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from connectors.base import BlobRef, RawRecord, Reject, trusted_raw
+from connectors.base import BlobRef, PackedRecords, RawRecord, Reject, trusted_raw
 from normalizer.case import Case, CaseUpdate, Channel, fast_uuid5, reporter_key
 from outbox.blobs import BlobStore
 from outbox.store.migrations import MIGRATIONS
@@ -281,6 +281,11 @@ class SqlStore:
         rows = []
         last_at: datetime | None = None
         at = ""
+        if isinstance(records, PackedRecords):  # already in the form written here
+            src, ch = records.source, records.channel.value
+            rows = [(src, ch, ref, at, now, payload, "[]", None)
+                    for ref, at, payload in records.rows]
+            records = ()
         for rec in records:
             if rec.received_at is not last_at:  # a batch's records often share one time
                 last_at, at = rec.received_at, ts(rec.received_at)

@@ -1,0 +1,176 @@
+"""The MQTT hot path: the straight-line ChirpStack decoder, packed records and the decode-ahead
+thread give what the general code gives (no broker needed; the broker tests are in
+test_mqtt_overlap.py)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from connectors.base import PackedRecords, payload_json
+from connectors.iot.config import MqttConfig
+from connectors.iot.connector import MqttConnector
+from connectors.iot.decoders import DecodeError
+from connectors.iot.prefetch import prefetch
+from normalizer.case import Channel
+from outbox.store.sql import _dumps
+from outbox.store.timefmt import ts
+
+NOW = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
+
+
+def connector(**sub: Any) -> MqttConnector:
+    cfg = MqttConfig(name="lights", host="h", client_id="c",
+                     subscriptions=[{"topic": "t/#", "decoder": "chirpstack", **sub}])
+    return MqttConnector(cfg)
+
+
+def outcome(fn: Any, *args: Any) -> Any:
+    try:
+        return ("ok", fn(*args))
+    except DecodeError as exc:
+        return ("error", str(exc))
+
+
+def chirpstack_variants() -> list[bytes]:
+    """Uplinks with every field present, absent, empty or of a wrong type."""
+    infos: list[Any] = [{"devEui": "a840410000000101"}, {"devEui": "  A84041  "}, {"devEui": ""},
+                        {"devEui": 7}, {"devEui": True}, {"devEui": "x" * 201}, {}, None, "s"]
+    dedups: list[Any] = ["3ac7e3c4", 12, 0, "", None, 1.5, ["l"], True]
+    times: list[Any] = ["2026-11-24T20:01:02.123456789Z", "2026-11-24T20:01:02+08:00", None,
+                        1764000000, 1764000000123, "yesterday", True]
+    objects: list[Any] = [{"fault": "lamp_failure", "power_w": 0.0}, {"fault": ["E9", "ok"]},
+                          {"fault": "ok"}, {"fault": ""}, {"fault": 3}, {"fault": True},
+                          {"fault": {"x": 1}}, {"fault": None, "v": 1}, {"power_w": 78.5},
+                          {}, None, [1], "o"]
+    extras: list[dict[str, Any]] = [{"fCnt": 42, "fPort": 10}, {"fCnt": None},
+                                    {"data": "AQID"}, {"data": "", "fPort": 0}, {}]
+    out = []
+    for info, dedup, t, obj, extra in itertools.product(infos, dedups, times, objects, extras):
+        doc: dict[str, Any] = {"deviceInfo": info, "deduplicationId": dedup, "time": t,
+                               "object": obj, **extra}
+        out.append(json.dumps(doc).encode())
+    # absent keys rather than nulls, garbage
+    out += [b'{"deviceInfo": {"devEui": "d1"}}', b'{"deviceInfo": {"devEui": "d1"}, '
+            b'"object": {"fault": "E1"}, "data": "AA=="}', b"[]", b"{", b"\xff", b"null"]
+    return out
+
+
+@pytest.mark.parametrize("sub", [{}, {"codes": {"E9": "relay_failure", "ok": "clear:cycling"}},
+                                 {"fields": {"fault": "alarm"}}])
+def test_straight_line_chirpstack_decoder_matches_the_general_one(sub: dict[str, Any]) -> None:
+    dec = connector(**sub).decoders[0][1]
+    assert dec._chirpstack_plain
+    payloads = chirpstack_variants()
+    if sub.get("fields"):
+        payloads = [p.replace(b'"fault"', b'"alarm"') for p in payloads]
+    for payload in payloads:
+        assert outcome(dec.decode, "t/x", payload) == outcome(
+            dec.decode_general, "t/x", payload), payload
+
+
+def test_field_paths_use_the_general_decoder() -> None:
+    for sub in ({"fields": {"device_id": "deviceInfo.devName"}},
+                {"fields": {"fault": "object.a.b"}}, {"decoder": "tts"}):
+        assert not connector(**sub).decoders[0][1]._chirpstack_plain
+
+
+def test_payload_json_is_what_the_store_writes() -> None:
+    values = [{"topic": "a/b", "qos": 1, "report": {"v": [1, 2.5, -0.0, 1e-7, None, True]},
+               "payload_text": '{"路灯": "\u2028 \\"q\\"\\n"}'},
+              {"s": "\ud800"}, {"big": 2**70}, {"d": Decimal("1.10"), "t": NOW, 3: "k"}]
+    for value in values:
+        assert payload_json(value) == _dumps(value)
+
+
+def test_packed_batch_reads_back_as_the_records_to_record_builds() -> None:
+    c = connector()
+    payloads = [json.dumps({"deviceInfo": {"devEui": f"d{i}"}, "deduplicationId": str(i),
+                            "time": "2026-11-24T20:01:02Z", "object": {"fault": "E1"}}).encode()
+                for i in range(3)] + [b"garbage"]
+    rx = NOW.timestamp()
+    msgs = [(1, i + 1, 1, b"t/x", p, rx, i == 2) for i, p in enumerate(payloads)]
+    batch = c._batch(msgs)
+    assert isinstance(batch.records, PackedRecords)
+    assert len(batch.records) == 3 and len(batch.rejects) == 1
+    assert batch.ack_token == [(1, 1), (1, 2), (1, 3), (1, 4)]
+    expected = [c.to_record("t/x", p, NOW, retain=i == 2) for i, p in enumerate(payloads[:3])]
+    assert list(batch.records) == expected
+    assert batch.records[1:] == expected[1:]
+    assert batch.records.rows[0] == (expected[0].source_ref, ts(NOW),
+                                     _dumps(expected[0].payload))
+
+
+def test_packed_records_commit_like_a_list(tmp_path: Any) -> None:
+    from outbox.blobs import BlobStore
+    from outbox.store import open_store
+
+    c = connector()
+    payloads = [json.dumps({"deviceInfo": {"devEui": "d"}, "deduplicationId": str(i % 3),
+                            "object": {"v": i}}).encode() for i in range(5)]
+    msgs = [(1, i + 1, 1, b"t/x", p, NOW.timestamp(), False) for i, p in enumerate(payloads)]
+    stores = []
+    for name, records in (("packed", c._batch(msgs).records),
+                          ("list", [c.to_record("t/x", p, NOW) for p in payloads])):
+        store = open_store(f"sqlite:///{tmp_path / name}.db", BlobStore(tmp_path / name))
+        res = store.commit_ingest("lights", records)
+        assert (res.inserted, res.duplicates, len(res.raw_ids or [])) == (3, 2, 3)
+        stores.append(store.query("SELECT source, channel, source_ref, received_at, payload, "
+                                  "attachments, raw_blob, state FROM raw_records ORDER BY id"))
+        store.close()
+    assert stores[0] == stores[1]
+    assert PackedRecords("s", Channel.iot).rows == []
+
+
+# ------------------------------------------------------------------ prefetch
+def test_prefetch_keeps_order_and_runs_ahead() -> None:
+    produced: list[int] = []
+
+    def items() -> Any:
+        for i in range(5):
+            produced.append(i)
+            yield i
+
+    ahead = prefetch(items(), "t")
+    assert next(ahead) == 0
+    deadline = time.monotonic() + 5
+    while len(produced) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert produced == [0, 1, 2]  # one waiting in the queue, one in the worker's hand
+    assert list(ahead) == [1, 2, 3, 4]
+
+
+def test_prefetch_raises_the_workers_error_in_the_consumer() -> None:
+    def items() -> Any:
+        yield 1
+        raise RuntimeError("decoder bug")
+
+    ahead = prefetch(items(), "t")
+    assert next(ahead) == 1
+    with pytest.raises(RuntimeError, match="decoder bug"):
+        next(ahead)
+
+
+def test_prefetch_stops_and_closes_the_source_when_the_consumer_stops() -> None:
+    closed = threading.Event()
+    names: list[str] = []
+
+    def items() -> Any:
+        names.append(threading.current_thread().name)
+        try:
+            yield from itertools.count()
+        finally:
+            closed.set()
+
+    ahead = prefetch(items(), "decode-ahead")
+    assert next(ahead) == 0
+    ahead.close()  # returns only once the worker has ended
+    assert closed.is_set() and names == ["decode-ahead"]
+    assert not any(t.name == "decode-ahead" for t in threading.enumerate())
