@@ -157,11 +157,12 @@ def run_workers(cfg: Path, workers: int, receiver: int | None = None) -> Run:
     aux = postgres_aux_pids()
     aux_cpu = sum(proc_cpu(p) for p in aux)
     recv_cpu = proc_cpu(receiver) if receiver else 0.0
-    busy = machine_busy()
     start = time.time() + 1.5  # let the interpreters import first
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(cfg), f"bench:{i}",
                                str(start)], cwd=REPO, text=True, stdout=subprocess.PIPE)
              for i in range(workers)]
+    time.sleep(max(0.0, start - time.time()))
+    busy = machine_busy()  # from the start of the run, not of the imports
     # the receiver and PostgreSQL idle while the workers start: their CPU is the run's
     outs = [p.communicate(timeout=1800)[0].split() for p in procs]
     busy_after = machine_busy()

@@ -422,7 +422,7 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
             # the next chunk's preparation) overlaps its calls instead of waiting for them
             claimed = hub.store.claim_due(hub.worker_id, size, policy.lease, now_fn(), target)
             if not claimed:
-                if not any(f.in_flight is not None for f in flows.values()):
+                if not any(f.busy() for f in flows.values()):
                     break
                 for f in flows.values():  # their outcomes may make rows due again (retries)
                     f.drain()
@@ -682,15 +682,17 @@ def _run_in_order(sink: Sink, calls: list[list[_Attempt]]) -> Iterator[list[_Att
 
 
 def _finish(hub: Hub, results: Iterator[list[_Attempt]], stats: DeliverStats,
-            now_fn: Callable[[], datetime]) -> None:
-    """Record the outcomes of a chunk as its calls complete, then its receipts in one go."""
+            now_fn: Callable[[], datetime], start: Sequence[_Attempt] = ()) -> None:
+    """Record the outcomes of a chunk as its calls complete, then its receipts in one go,
+    together with the attempts of the chunk about to start (``start``)."""
     receipts: list[tuple[ClaimedDelivery, str | None, int | None, dict[str, Any]]] = []
     for c in results:
         for a in c:
             _record(hub, a, stats, now_fn, receipts)
     # one transaction for the chunk's receipts; a crash before it makes every row's attempt
     # "unrecorded", so the next try carries ambiguous_seen (same idempotency key)
-    hub.store.complete_deliveries(receipts)
+    hub.store.complete_deliveries(receipts, start=[a.row.id for a in start],
+                                  worker=hub.worker_id, start_at=start[0].at if start else None)
     for d, *_ in receipts:
         stats.delivered += 1
         stats.by_sink[d.sink] += 1
@@ -700,11 +702,12 @@ class _SinkFlow:
     """The deliveries of one sink during one ``deliver`` run, chunk after chunk.
 
     Sinks with ``concurrency`` 1 (and no batching) get one call at a time, each outcome
-    recorded before the next call. Otherwise rows go in chunks; with a call pool the chunks
-    overlap: the next chunk is prepared (payloads read, attempts recorded) and its calls
-    started before the outcomes of the previous one are recorded, so the threads never wait
-    for the store. The last chunk of a claim stays in flight until the next claim's first
-    chunk is started (or :meth:`drain`), so claiming overlaps the calls too.
+    recorded before the next call. Otherwise rows go in chunks; with a call pool two chunks
+    are in flight: while the older one's outcomes are recorded the newer one's calls run, and
+    the receipts of the older one and the attempts of the next one are written in ONE
+    transaction, just before the next one's calls start (attempts are always committed
+    before their calls). Chunks in flight at the end of a claim stay in flight while the
+    next claim is made (until :meth:`drain`), so claiming overlaps the calls too.
     """
 
     def __init__(self, hub: Hub, sink: Sink, stats: DeliverStats,
@@ -722,7 +725,8 @@ class _SinkFlow:
             _fast_switch(True)
         self.chunk = 1 if self.pool is None and self.per_call == 1 else \
             self.per_call * self.workers * 4
-        self.in_flight: Iterator[list[_Attempt]] | None = None
+        #: started chunks, oldest first (two at most: one finishing while the next runs)
+        self.flying: deque[Iterator[list[_Attempt]]] = deque()
 
     def feed(self, rows: list[ClaimedDelivery], deadline: float = float("inf")) -> None:
         """Deliver claimed rows; rows not started before ``deadline`` are released.
@@ -743,22 +747,29 @@ class _SinkFlow:
             if chunk == 1:  # one at a time: record each outcome before the next call
                 deliver_one(hub, part[0], stats, now_fn)
                 continue
-            prepared = _prepare_many(hub, part, stats, now_fn)
-            calls = [prepared[j:j + self.per_call]
-                     for j in range(0, len(prepared), self.per_call)]
-            started = _start_calls(self.sink, calls, self.pool)
             if self.pool is None:  # strictly one after another: finish before preparing more
-                _finish(hub, started, stats, now_fn)
+                prepared = _prepare_many(hub, part, stats, now_fn)
+                _finish(hub, _start_calls(self.sink, self._calls(prepared), None), stats, now_fn)
                 continue
-            previous, self.in_flight = self.in_flight, started
-            if previous is not None:
-                _finish(hub, previous, stats, now_fn)
+            prepared = _prepare_many(hub, part, stats, now_fn, record=False)
+            if len(self.flying) < 2:
+                hub.store.start_attempts([a.row.id for a in prepared], hub.worker_id,
+                                         prepared[0].at if prepared else None)
+            else:  # the oldest chunk's receipts and this chunk's attempts: one transaction
+                _finish(hub, self.flying.popleft(), stats, now_fn, start=prepared)
+            self.flying.append(_start_calls(self.sink, self._calls(prepared), self.pool))
+
+    def _calls(self, prepared: list[_Attempt]) -> list[list[_Attempt]]:
+        return [prepared[j:j + self.per_call] for j in range(0, len(prepared), self.per_call)]
+
+    def busy(self) -> bool:
+        """True while some chunk is in flight."""
+        return bool(self.flying)
 
     def drain(self) -> None:
-        """Wait for the chunk in flight and record its outcomes."""
-        if self.in_flight is not None:
-            in_flight, self.in_flight = self.in_flight, None
-            _finish(self.hub, in_flight, self.stats, self.now_fn)
+        """Wait for the chunks in flight and record their outcomes."""
+        while self.flying:
+            _finish(self.hub, self.flying.popleft(), self.stats, self.now_fn)
 
     def close(self) -> None:
         """Stop the call threads (after :meth:`drain`)."""
@@ -771,8 +782,9 @@ class _SinkFlow:
 
 
 def _prepare_many(hub: Hub, rows: list[ClaimedDelivery], stats: DeliverStats,
-                  now_fn: Callable[[], datetime]) -> list[_Attempt]:
-    """Load payloads and record the attempts of a chunk (two queries, one transaction)."""
+                  now_fn: Callable[[], datetime], record: bool = True) -> list[_Attempt]:
+    """Load payloads and (with ``record``) record the attempts of a chunk (two queries, one
+    transaction); without, the caller records them before the calls start."""
     payloads = hub.store.delivery_payloads(rows)
     attempt_at = now_fn()
     out: list[_Attempt] = []
@@ -789,7 +801,8 @@ def _prepare_many(hub: Hub, rows: list[ClaimedDelivery], stats: DeliverStats,
             outbox_id=d.id, kind=d.kind, idempotency_key=d.idempotency_key, case=case_json,
             update=update_json, attempt=d.attempts + 1, first_attempt_at=d.first_attempt_at,
             previous_error=previous, remote_id=d.remote_id), attempt_at, previous))
-    hub.store.start_attempts([a.row.id for a in out], hub.worker_id, attempt_at)
+    if record:
+        hub.store.start_attempts([a.row.id for a in out], hub.worker_id, attempt_at)
     return out
 
 
