@@ -434,7 +434,7 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
                 by_sink.setdefault(d.sink, []).append(d)
             for name, rows in by_sink.items():
                 if name not in flows:
-                    flows[name] = _SinkFlow(hub, hub.sink(name), stats, now_fn)
+                    flows[name] = _SinkFlow(hub, hub.sink(name), stats, now_fn, policy.lease)
                 flow = flows[name]
                 flow.feed(rows, deadline - 2 * flow.slowest)
             done += len(claimed)
@@ -698,6 +698,12 @@ def _finish(hub: Hub, results: Iterator[list[_Attempt]], stats: DeliverStats,
         stats.by_sink[d.sink] += 1
 
 
+#: Rows per chunk when one thread multiplexes the calls (a whole claim of the default
+#: ``delivery.batch_size``), if the lease allows: each chunk costs one commit (its receipts and
+#: the next chunk's attempts), and one thread keeps queued calls at no cost per call.
+MIN_CHUNK = 100
+
+
 class _SinkFlow:
     """The deliveries of one sink during one ``deliver`` run, chunk after chunk.
 
@@ -711,7 +717,7 @@ class _SinkFlow:
     """
 
     def __init__(self, hub: Hub, sink: Sink, stats: DeliverStats,
-                 now_fn: Callable[[], datetime]) -> None:
+                 now_fn: Callable[[], datetime], lease: float = 300.0) -> None:
         self.hub, self.sink, self.stats, self.now_fn = hub, sink, stats, now_fn
         self.workers = max(1, int(getattr(sink, "concurrency", 1) or 1))
         self.slowest = float(getattr(getattr(sink, "config", None), "timeout", 0) or 0)
@@ -723,8 +729,14 @@ class _SinkFlow:
             self.pool = (MuxPool.open(sink, self.workers) if self.per_call == 1 else None) \
                 or CallPool(sink, self.workers)
             _fast_switch(True)
+        rounds = 4  # calls per connection in one chunk
+        if isinstance(self.pool, MuxPool):
+            # bigger chunks, as long as two of them (one finishing, one queued behind it)
+            # of calls that all run into the timeout still start within 80% of the lease
+            fit = int(lease * 0.4 / self.slowest) if self.slowest else rounds
+            rounds = max(rounds, min(fit, -(-MIN_CHUNK // self.workers)))
         self.chunk = 1 if self.pool is None and self.per_call == 1 else \
-            self.per_call * self.workers * 4
+            self.per_call * self.workers * rounds
         #: started chunks, oldest first (two at most: one finishing while the next runs)
         self.flying: deque[Iterator[list[_Attempt]]] = deque()
 
@@ -736,6 +748,9 @@ class _SinkFlow:
         """
         hub, stats, now_fn = self.hub, self.stats, self.now_fn
         chunk = self.chunk
+        if chunk > 1 and rows:  # equal parts, none above the chunk size (100 by 96: 50 + 50)
+            parts = -(-len(rows) // chunk)
+            chunk = -(-len(rows) // max(parts, 1))
         for i in range(0, len(rows), chunk):
             if i and time.monotonic() > deadline:  # the first chunk always goes
                 for d in rows[i:]:
