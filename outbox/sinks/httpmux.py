@@ -2,10 +2,10 @@
 
 A delivery worker that keeps N calls in flight on N threads pays for every answer twice: the
 thread that blocked on it wakes, then waits for the interpreter lock, which the thread writing
-receipts to the store holds (P6 in docs/benchmarks.md: about 110 µs of CPU per small POST on 8
-threads, against about 45 µs from one thread watching the sockets). :class:`HttpMux` writes
-each request on a connection of the :class:`~outbox.sinks.httpclient.HttpClient` pool, watches
-the connections with a selector, and reads an answer once its connection is readable, with the
+receipts to the store holds (about 110 µs of CPU per signed POST on 8 threads, against about
+62 µs from one thread watching the sockets; docs/sinks.md). :class:`HttpMux` writes each
+request on a connection of the :class:`~outbox.sinks.httpclient.HttpClient` pool, watches the
+connections with ``select``, and reads an answer once its connection is readable, with the
 same classification of failures as :meth:`HttpClient.request`:
 
 * nothing could be sent (refused, DNS, connect timeout, TLS) → ``connect``/``tls``/...;
