@@ -214,10 +214,14 @@ def wrk_rate(port: int, body: str, secret: str = "webhook-secret", receiver: int
     """
     if not shutil.which("wrk"):
         return None
+    from outbox.sinks.httpclient import HttpClient
     from outbox.sinks.signing import sign_headers
 
-    headers = sign_headers(secret, body.encode("utf-8"))
+    # the headers the sink's client sends (User-Agent, Accept...), then the sink's own: the
+    # receiver parses the same request from wrk as from the hub (wrk adds Host and length)
+    headers = dict(HttpClient(connect_timeout=1, read_timeout=1).headers)
     headers.update({"Content-Type": "application/json", "Idempotency-Key": "wrk"})
+    headers.update(sign_headers(secret, body.encode("utf-8")))
     script = Path(tempfile.mkdtemp()) / "post.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = {lua_string(body)}"]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
@@ -361,9 +365,11 @@ def notes(load_before: float, runs: dict[int, Run]) -> str:
         "connection, verifying every signature, deduping on Idempotency-Key) in their own "
         "process; after each hub run the bench checks that the receiver saw every key once and "
         "no bad signature. wrk and the hub hit the same receiver process with 8 connections "
-        "each, and wrk posts the exact signed envelope the sink sends for a seeded case (any "
-        "non-2xx answer fails the run: before 2026-11-25 the Lua body was mis-escaped, every "
-        "wrk request got a 401, and that limit was inflated). Since 2026-12-03 the receivers "
+        "each, and wrk posts the exact signed envelope the sink sends for a seeded case with "
+        "the same headers (since 2026-12-03; before, wrk left out User-Agent, Accept and "
+        "Accept-Encoding, so the receiver parsed less of its requests). Any non-2xx answer "
+        "fails the run (before 2026-11-25 the Lua body was mis-escaped, every wrk request got "
+        "a 401, and that limit was inflated). Since 2026-12-03 the receivers "
         "listen with a backlog of 128: with socketserver's 5, one of 8 connections opened at "
         "once sometimes waited for a SYN retry (1 s), which stalled hub runs and wrk alike. "
         f"Each webhook run delivers {N:,} rows (a few seconds, like wrk's 5 s). A delivery is "
