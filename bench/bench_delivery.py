@@ -376,13 +376,13 @@ def notes(load_before: float, runs: dict[int, Run]) -> str:
         "claim + payload read + attempt record + HTTP POST + receipt, timeline event and case "
         "status; one worker multiplexes its webhook calls from one thread "
         "(outbox/sinks/httpmux.py) and commits a chunk's receipts with the next chunk's "
-        "attempts. The receiver costs more CPU per request under the hub than under wrk: "
-        "wrk answers each response within microseconds, so the receiver's thread finds the "
-        "next request waiting; the hub's answers wait for its interpreter lock, and the "
-        "receiver's threads block and wake more. PostgreSQL (synchronous_commit on, as "
-        "configured on the server; the bench changes no setting) runs on the same 2 cores as "
-        "the workers and the receiver. CPU per delivery by process (/proc/<pid>/stat "
-        "utime+stime over the run): "
+        "attempts. The receiver spends more CPU per request under the hub than under wrk "
+        "(rows above), most likely because wrk sends the next request on a connection within "
+        "microseconds of an answer while the hub's thread first needs its interpreter lock, so "
+        "the receiver's threads wait for data (and wake) more often. PostgreSQL "
+        "(synchronous_commit on, as configured on the server; the bench changes no setting) "
+        "runs on the same 2 cores as the workers and the receiver. CPU per delivery by "
+        "process (/proc/<pid>/stat utime+stime over the run): "
         + "; ".join(f"{w} worker{'s' * (w > 1)}: {r.budget()}" for w, r in runs.items())
         + ".")
     if 1 in runs:
