@@ -685,10 +685,21 @@ def _finish(hub: Hub, results: Iterator[list[_Attempt]], stats: DeliverStats,
             now_fn: Callable[[], datetime], start: Sequence[_Attempt] = ()) -> None:
     """Record the outcomes of a chunk as its calls complete, then its receipts in one go,
     together with the attempts of the chunk about to start (``start``)."""
+    _commit(hub, _collect(hub, results, stats, now_fn), stats, start)
+
+
+def _collect(hub: Hub, results: Iterator[list[_Attempt]], stats: DeliverStats,
+             now_fn: Callable[[], datetime]) -> list[Any]:
+    """Wait for a chunk's outcomes; record failures, return the receipts to commit."""
     receipts: list[tuple[ClaimedDelivery, str | None, int | None, dict[str, Any]]] = []
     for c in results:
         for a in c:
             _record(hub, a, stats, now_fn, receipts)
+    return receipts
+
+
+def _commit(hub: Hub, receipts: list[Any], stats: DeliverStats,
+            start: Sequence[_Attempt] = ()) -> None:
     # one transaction for the chunk's receipts; a crash before it makes every row's attempt
     # "unrecorded", so the next try carries ambiguous_seen (same idempotency key)
     hub.store.complete_deliveries(receipts, start=[a.row.id for a in start],
@@ -752,11 +763,8 @@ class _SinkFlow:
             parts = -(-len(rows) // chunk)
             chunk = -(-len(rows) // max(parts, 1))
         for i in range(0, len(rows), chunk):
-            if i and time.monotonic() > deadline:  # the first chunk always goes
-                for d in rows[i:]:
-                    hub.store.release(d)
-                logger.warning("lease nearly over, rows released", extra={
-                    "sink": getattr(self.sink, "name", "?"), "released": len(rows) - i})
+            if i and time.monotonic() > deadline:  # the first chunk goes, unless it waits
+                self._release(rows[i:])
                 return
             part = rows[i:i + chunk]
             if chunk == 1:  # one at a time: record each outcome before the next call
@@ -771,8 +779,19 @@ class _SinkFlow:
                 hub.store.start_attempts([a.row.id for a in prepared], hub.worker_id,
                                          prepared[0].at if prepared else None)
             else:  # the oldest chunk's receipts and this chunk's attempts: one transaction
-                _finish(hub, self.flying.popleft(), stats, now_fn, start=prepared)
+                receipts = _collect(hub, self.flying.popleft(), stats, now_fn)
+                if time.monotonic() > deadline:  # that wait used up the lease's margin
+                    _commit(hub, receipts, stats)
+                    self._release(rows[i:])  # not attempted: their attempts were not written
+                    return
+                _commit(hub, receipts, stats, start=prepared)
             self.flying.append(_start_calls(self.sink, self._calls(prepared), self.pool))
+
+    def _release(self, rows: list[ClaimedDelivery]) -> None:
+        for d in rows:
+            self.hub.store.release(d)
+        logger.warning("lease nearly over, rows released", extra={
+            "sink": getattr(self.sink, "name", "?"), "released": len(rows)})
 
     def _calls(self, prepared: list[_Attempt]) -> list[list[_Attempt]]:
         return [prepared[j:j + self.per_call] for j in range(0, len(prepared), self.per_call)]

@@ -274,3 +274,35 @@ def test_claims_smaller_than_a_chunk_overlap_and_deliver_each_row_once(make_hub,
     rows = outbox_rows(hub)
     assert sorted(r["attempts"] for r in rows) == [1] * (GOOD - 1) + [2]
     assert len(hub.store.query("SELECT id FROM receipts")) == GOOD
+
+
+def test_a_chunk_that_waited_past_the_lease_margin_is_released_unattempted(
+        make_hub, webhook) -> None:
+    """Two chunks in flight, a third must wait for the first: when that wait ends after the
+    deadline of the third's claim, its rows are released before their attempts are written
+    and never sent; the first chunk's receipts are still committed."""
+    import time
+
+    from hub.pipeline import DeliverStats, _SinkFlow
+    from outbox.store.timefmt import now_utc
+
+    hub = make_hub([webhook_sink(webhook, concurrency=2)])
+    seed(hub)
+    webhook.inject(*[("slow", 0.15)] * 8)  # the first chunk (8 calls on 2 connections): 0.6 s
+    rows = hub.store.claim_due(hub.worker_id, 24, 300)
+    flow = _SinkFlow(hub, hub.sink("workorders"), DeliverStats(), now_utc, lease=2.0)
+    assert flow.chunk == 8
+    try:
+        flow.feed(rows[:8])
+        flow.feed(rows[8:16])
+        flow.feed(rows[16:], deadline=time.monotonic() + 0.2)  # waits 0.6 s for the first
+        assert len(flow.flying) == 1  # the second chunk; the third never started
+        flow.drain()
+    finally:
+        flow.close()
+    state = {r["id"]: r for r in outbox_rows(hub)}
+    assert all(state[d.id]["state"] == "delivered" for d in rows[:16])
+    assert all(state[d.id]["state"] == "pending" and state[d.id]["attempts"] == 0
+               for d in rows[16:])
+    assert not {d.idempotency_key for d in rows[16:]} & set(webhook.keys)
+    assert len(webhook.created) == 16
