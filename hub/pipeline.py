@@ -15,14 +15,15 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from connectors.base import Connector, IngestContext
@@ -485,32 +486,39 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
     target = [s for s in (sinks or configured) if s in configured]
     hub.store.expire_claims_of_dead_workers(socket.gethostname())
     done = 0
-    pools: dict[str, CallPool] = {}
+    flows: dict[str, _SinkFlow] = {}
     try:
         while limit is None or done < limit:
             size = policy.batch_size if limit is None else min(policy.batch_size, limit - done)
+            # the last chunk of the previous claim may still be in flight: this claim (and
+            # the next chunk's preparation) overlaps its calls instead of waiting for them
             claimed = hub.store.claim_due(hub.worker_id, size, policy.lease, now_fn(), target)
             if not claimed:
-                break
+                if not any(f.busy() for f in flows.values()):
+                    break
+                for f in flows.values():  # their outcomes may make rows due again (retries)
+                    f.drain()
+                continue
             # start no call after 80% of the lease (minus the longest call we allow for)
             deadline = time.monotonic() + policy.lease * 0.8
             by_sink: dict[str, list[ClaimedDelivery]] = {}
             for d in claimed:
                 by_sink.setdefault(d.sink, []).append(d)
             for name, rows in by_sink.items():
-                sink = hub.sink(name)
-                workers = max(1, int(getattr(sink, "concurrency", 1) or 1))
-                if workers > 1 and name not in pools:
-                    pools[name] = CallPool(sink, workers)
-                slowest = float(getattr(getattr(sink, "config", None), "timeout", 0) or 0)
-                _deliver_rows(hub, sink, rows, stats, now_fn, pools.get(name), workers,
-                              deadline - 2 * slowest)
+                if name not in flows:
+                    flows[name] = _SinkFlow(hub, hub.sink(name), stats, now_fn, policy.lease)
+                flow = flows[name]
+                flow.feed(rows, deadline - 2 * flow.slowest)
             done += len(claimed)
             if progress:
                 progress("deliver", done, None)
     finally:
-        for pool in pools.values():
-            pool.close()
+        try:
+            for f in flows.values():
+                f.drain()
+        finally:
+            for f in flows.values():
+                f.close()
     if stats.delivered or stats.retried or stats.dead:
         logger.info("delivered", extra={"delivered": stats.delivered, "retried": stats.retried,
                                         "dead": stats.dead})
@@ -592,7 +600,148 @@ class CallPool:
         self._threads.clear()
 
 
-def _start_calls(sink: Sink, calls: list[list[_Attempt]], pool: CallPool | None
+#: The interpreter's switch interval while delivery calls run on their own thread(s). The
+#: default 5 ms lets the thread writing receipts keep the interpreter lock that long while an
+#: answer waits to be read and the next request to be written, so the receiver idles (P6 in
+#: docs/benchmarks.md); 0.2 ms hands the lock over about as soon as an answer is there.
+DELIVERY_SWITCH_INTERVAL = 0.0002
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.0
+
+
+def _fast_switch(on: bool) -> None:
+    """Use :data:`DELIVERY_SWITCH_INTERVAL` while any call pool runs (counted), then restore."""
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if on:
+            if _switch_users == 0:
+                _switch_saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(_switch_saved, DELIVERY_SWITCH_INTERVAL))
+            _switch_users += 1
+        else:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
+
+
+class MuxPool:
+    """One thread that keeps up to ``workers`` calls of one sink in flight, for one ``deliver``
+    run, through the sink's multiplexer (``sink.open_mux``: requests written on pooled
+    connections, answers read as their sockets become readable).
+
+    The same contract as :class:`CallPool` (every queued call comes back once, with an outcome)
+    at a fraction of its CPU: no thread per request waking for its answer and then waiting for
+    the interpreter lock the store's thread holds. Built only by :meth:`open`, for sinks that
+    can (the webhook sink on the lean HTTP client).
+    """
+
+    def __init__(self, sink: Any, workers: int, mux: Any, wake: tuple[int, int]) -> None:
+        self.sink = sink
+        self.workers = workers
+        self._mux = mux
+        self._wake_r, self._wake_w = wake
+        self._todo: SimpleQueue[tuple[list[_Attempt], SimpleQueue[list[_Attempt]]] | None] = \
+            SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, sink: Sink, workers: int) -> MuxPool | None:
+        """A pool for ``sink``, or None when it has no multiplexer for its destination."""
+        opener = getattr(sink, "open_mux", None)
+        if opener is None:
+            return None
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        mux = opener(workers, wake_r)
+        if mux is None:
+            os.close(wake_r)
+            os.close(wake_w)
+            return None
+        return cls(sink, workers, mux, (wake_r, wake_w))
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:  # the pipe is full: a wake-up is pending anyway
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _work(self) -> None:
+        backlog: deque[tuple[list[_Attempt], SimpleQueue[list[_Attempt]]]] = deque()
+        flying: dict[int, tuple[list[_Attempt], SimpleQueue[list[_Attempt]]]] = {}
+        stop = False
+        while True:
+            try:
+                while not stop:
+                    try:
+                        item = self._todo.get(block=not (backlog or flying))
+                    except Empty:
+                        break
+                    if item is None:
+                        stop = True
+                    else:
+                        backlog.extend((call, item[1]) for call in item[0])
+                self._drain_wake()
+                if stop and not backlog and not flying:
+                    return
+                while backlog and self._mux.free() > 0:
+                    call, done = backlog.popleft()
+                    try:
+                        self._mux.send(id(call), call[0].delivery)
+                    except Exception as exc:  # this delivery cannot be sent (a sink bug)
+                        call[0].outcome = exc
+                        done.put(call)
+                        continue
+                    flying[id(call)] = (call, done)
+                for token, outcome, seconds in self._mux.poll():
+                    call, done = flying.pop(token)
+                    call[0].outcome, call[0].seconds = outcome, seconds
+                    done.put(call)
+            except Exception as exc:  # a bug: every call in flight gets it as its outcome
+                logger.error("delivery multiplexer failed", exc_info=True,
+                             extra={"sink": getattr(self.sink, "name", "?")})
+                self._mux.close()
+                for call, done in [*flying.values(), *backlog]:
+                    call[0].outcome = exc
+                    done.put(call)
+                flying.clear()
+                backlog.clear()
+                self._mux = self.sink.open_mux(self.workers, self._wake_r)  # type: ignore[attr-defined]
+                if self._mux is None:
+                    raise
+
+    def start(self, calls: list[list[_Attempt]]) -> Iterator[list[_Attempt]]:
+        """Queue the calls; iterate to get each one as it completes."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, daemon=True,
+                                            name=f"deliver-{getattr(self.sink, 'name', '?')}")
+            self._thread.start()
+        done: SimpleQueue[list[_Attempt]] = SimpleQueue()
+        self._todo.put((calls, done))
+        self._wake()
+        return (done.get() for _ in range(len(calls)))
+
+    def close(self) -> None:
+        """Let the thread finish the queued calls, then stop it."""
+        if self._thread is not None:
+            self._todo.put(None)
+            self._wake()
+            self._thread.join()
+            self._thread = None
+        self._mux.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+def _start_calls(sink: Sink, calls: list[list[_Attempt]], pool: CallPool | MuxPool | None
                  ) -> Iterator[list[_Attempt]]:
     """Start the calls on ``pool``, or (without one) run them in order as they are iterated."""
     return pool.start(calls) if pool is not None else _run_in_order(sink, calls)
@@ -605,64 +754,143 @@ def _run_in_order(sink: Sink, calls: list[list[_Attempt]]) -> Iterator[list[_Att
 
 
 def _finish(hub: Hub, results: Iterator[list[_Attempt]], stats: DeliverStats,
-            now_fn: Callable[[], datetime]) -> None:
-    """Record the outcomes of a chunk as its calls complete, then its receipts in one go."""
+            now_fn: Callable[[], datetime], start: Sequence[_Attempt] = ()) -> None:
+    """Record the outcomes of a chunk as its calls complete, then its receipts in one go,
+    together with the attempts of the chunk about to start (``start``)."""
+    _commit(hub, _collect(hub, results, stats, now_fn), stats, start)
+
+
+def _collect(hub: Hub, results: Iterator[list[_Attempt]], stats: DeliverStats,
+             now_fn: Callable[[], datetime]) -> list[Any]:
+    """Wait for a chunk's outcomes; record failures, return the receipts to commit."""
     receipts: list[tuple[ClaimedDelivery, str | None, int | None, dict[str, Any]]] = []
     for c in results:
         for a in c:
             _record(hub, a, stats, now_fn, receipts)
+    return receipts
+
+
+def _commit(hub: Hub, receipts: list[Any], stats: DeliverStats,
+            start: Sequence[_Attempt] = ()) -> None:
     # one transaction for the chunk's receipts; a crash before it makes every row's attempt
     # "unrecorded", so the next try carries ambiguous_seen (same idempotency key)
-    hub.store.complete_deliveries(receipts)
+    hub.store.complete_deliveries(receipts, start=[a.row.id for a in start],
+                                  worker=hub.worker_id, start_at=start[0].at if start else None)
     for d, *_ in receipts:
         stats.delivered += 1
         stats.by_sink[d.sink] += 1
 
 
-def _deliver_rows(hub: Hub, sink: Sink, rows: list[ClaimedDelivery], stats: DeliverStats,
-                  now_fn: Callable[[], datetime], pool: CallPool | None,
-                  workers: int = 1, deadline: float = float("inf")) -> None:
-    """Deliver claimed rows of one sink; rows not started before ``deadline`` are released.
+#: Rows per chunk when one thread multiplexes the calls (a whole claim of the default
+#: ``delivery.batch_size``), if the lease allows: each chunk costs one commit (its receipts and
+#: the next chunk's attempts), and one thread keeps queued calls at no cost per call.
+MIN_CHUNK = 100
 
-    The deadline keeps every call inside the claim's lease: a row whose lease ran out could be
-    claimed by another worker while it still waits here. With a pool, chunks overlap: the
-    next chunk is prepared (payloads read, attempts recorded) and its calls started before the
-    outcomes of the previous one are recorded, so the threads never wait for the store.
+
+class _SinkFlow:
+    """The deliveries of one sink during one ``deliver`` run, chunk after chunk.
+
+    Sinks with ``concurrency`` 1 (and no batching) get one call at a time, each outcome
+    recorded before the next call. Otherwise rows go in chunks; with a call pool two chunks
+    are in flight: while the older one's outcomes are recorded the newer one's calls run, and
+    the receipts of the older one and the attempts of the next one are written in ONE
+    transaction, just before the next one's calls start (attempts are always committed
+    before their calls). Chunks in flight at the end of a claim stay in flight while the
+    next claim is made (until :meth:`drain`), so claiming overlaps the calls too.
     """
-    per_call = max(1, int(getattr(sink, "batch_size", 1) or 1))
-    if not hasattr(sink, "deliver_batch"):
-        per_call = 1
-    chunk = 1 if pool is None and per_call == 1 else per_call * workers * 4
-    in_flight: Iterator[list[_Attempt]] | None = None
-    try:
+
+    def __init__(self, hub: Hub, sink: Sink, stats: DeliverStats,
+                 now_fn: Callable[[], datetime], lease: float = 300.0) -> None:
+        self.hub, self.sink, self.stats, self.now_fn = hub, sink, stats, now_fn
+        self.workers = max(1, int(getattr(sink, "concurrency", 1) or 1))
+        self.slowest = float(getattr(getattr(sink, "config", None), "timeout", 0) or 0)
+        per_call = max(1, int(getattr(sink, "batch_size", 1) or 1))
+        self.per_call = per_call if hasattr(sink, "deliver_batch") else 1
+        self.pool: CallPool | MuxPool | None = None
+        if self.workers > 1:
+            # one request per call: one thread watching the sockets, where the sink can
+            self.pool = (MuxPool.open(sink, self.workers) if self.per_call == 1 else None) \
+                or CallPool(sink, self.workers)
+            _fast_switch(True)
+        rounds = 4  # calls per connection in one chunk
+        if isinstance(self.pool, MuxPool):
+            # bigger chunks, as long as two of them (one finishing, one queued behind it)
+            # of calls that all run into the timeout still start within 80% of the lease
+            fit = int(lease * 0.4 / self.slowest) if self.slowest else rounds
+            rounds = max(rounds, min(fit, -(-MIN_CHUNK // self.workers)))
+        self.chunk = 1 if self.pool is None and self.per_call == 1 else \
+            self.per_call * self.workers * rounds
+        #: started chunks, oldest first (two at most: one finishing while the next runs)
+        self.flying: deque[Iterator[list[_Attempt]]] = deque()
+
+    def feed(self, rows: list[ClaimedDelivery], deadline: float = float("inf")) -> None:
+        """Deliver claimed rows; rows not started before ``deadline`` are released.
+
+        The deadline keeps every call inside the claim's lease: a row whose lease ran out
+        could be claimed by another worker while it still waits here.
+        """
+        hub, stats, now_fn = self.hub, self.stats, self.now_fn
+        chunk = self.chunk
+        if chunk > 1 and rows:  # equal parts, none above the chunk size (100 by 96: 50 + 50)
+            parts = -(-len(rows) // chunk)
+            chunk = -(-len(rows) // max(parts, 1))
         for i in range(0, len(rows), chunk):
-            if i and time.monotonic() > deadline:  # the first chunk always goes
-                for d in rows[i:]:
-                    hub.store.release(d)
-                logger.warning("lease nearly over, rows released", extra={
-                    "sink": getattr(sink, "name", "?"), "released": len(rows) - i})
+            if i and time.monotonic() > deadline:  # the first chunk goes, unless it waits
+                self._release(rows[i:])
                 return
             part = rows[i:i + chunk]
             if chunk == 1:  # one at a time: record each outcome before the next call
                 deliver_one(hub, part[0], stats, now_fn)
                 continue
-            prepared = _prepare_many(hub, part, stats, now_fn)
-            calls = [prepared[j:j + per_call] for j in range(0, len(prepared), per_call)]
-            started = _start_calls(sink, calls, pool)
-            if pool is None:  # strictly one after another: finish before preparing more
-                _finish(hub, started, stats, now_fn)
+            if self.pool is None:  # strictly one after another: finish before preparing more
+                prepared = _prepare_many(hub, part, stats, now_fn)
+                _finish(hub, _start_calls(self.sink, self._calls(prepared), None), stats, now_fn)
                 continue
-            previous, in_flight = in_flight, started
-            if previous is not None:
-                _finish(hub, previous, stats, now_fn)
-    finally:
-        if in_flight is not None:
-            _finish(hub, in_flight, stats, now_fn)
+            prepared = _prepare_many(hub, part, stats, now_fn, record=False)
+            if len(self.flying) < 2:
+                hub.store.start_attempts([a.row.id for a in prepared], hub.worker_id,
+                                         prepared[0].at if prepared else None)
+            else:  # the oldest chunk's receipts and this chunk's attempts: one transaction
+                receipts = _collect(hub, self.flying.popleft(), stats, now_fn)
+                if time.monotonic() > deadline:  # that wait used up the lease's margin
+                    _commit(hub, receipts, stats)
+                    self._release(rows[i:])  # not attempted: their attempts were not written
+                    return
+                _commit(hub, receipts, stats, start=prepared)
+            self.flying.append(_start_calls(self.sink, self._calls(prepared), self.pool))
+
+    def _release(self, rows: list[ClaimedDelivery]) -> None:
+        for d in rows:
+            self.hub.store.release(d)
+        logger.warning("lease nearly over, rows released", extra={
+            "sink": getattr(self.sink, "name", "?"), "released": len(rows)})
+
+    def _calls(self, prepared: list[_Attempt]) -> list[list[_Attempt]]:
+        return [prepared[j:j + self.per_call] for j in range(0, len(prepared), self.per_call)]
+
+    def busy(self) -> bool:
+        """True while some chunk is in flight."""
+        return bool(self.flying)
+
+    def drain(self) -> None:
+        """Wait for the chunks in flight and record their outcomes."""
+        while self.flying:
+            _finish(self.hub, self.flying.popleft(), self.stats, self.now_fn)
+
+    def close(self) -> None:
+        """Stop the call threads (after :meth:`drain`)."""
+        if self.pool is not None:
+            try:
+                self.pool.close()
+            finally:
+                self.pool = None
+                _fast_switch(False)
 
 
 def _prepare_many(hub: Hub, rows: list[ClaimedDelivery], stats: DeliverStats,
-                  now_fn: Callable[[], datetime]) -> list[_Attempt]:
-    """Load payloads and record the attempts of a chunk (two queries, one transaction)."""
+                  now_fn: Callable[[], datetime], record: bool = True) -> list[_Attempt]:
+    """Load payloads and (with ``record``) record the attempts of a chunk (two queries, one
+    transaction); without, the caller records them before the calls start."""
     payloads = hub.store.delivery_payloads(rows)
     attempt_at = now_fn()
     out: list[_Attempt] = []
@@ -679,7 +907,8 @@ def _prepare_many(hub: Hub, rows: list[ClaimedDelivery], stats: DeliverStats,
             outbox_id=d.id, kind=d.kind, idempotency_key=d.idempotency_key, case=case_json,
             update=update_json, attempt=d.attempts + 1, first_attempt_at=d.first_attempt_at,
             previous_error=previous, remote_id=d.remote_id), attempt_at, previous))
-    hub.store.start_attempts([a.row.id for a in out], hub.worker_id, attempt_at)
+    if record:
+        hub.store.start_attempts([a.row.id for a in out], hub.worker_id, attempt_at)
     return out
 
 

@@ -50,6 +50,7 @@ from urllib3.util.retry import Retry
 
 from outbox.sinks.base import DeliveryError
 from outbox.sinks.httpclient import Body, HttpClient, HttpClientError, HttpResponse, Params
+from outbox.sinks.httpmux import HttpMux
 
 logger = logging.getLogger(__name__)
 
@@ -320,9 +321,12 @@ class HttpTransport:
                                             headers=hdrs, timeout=self.timeout,
                                             verify=self.verify, allow_redirects=method.upper()
                                             in ("GET", "HEAD"))
-        except (HttpClientError, requests.exceptions.RequestException) as exc:
-            err = (classify_client_error(exc, what=what) if isinstance(exc, HttpClientError)
-                   else classify_exception(exc, what=what))
+        except HttpClientError as exc:
+            err = self._result(exc, what, describe, time.monotonic() - started)
+            assert isinstance(err, DeliveryError)
+            raise err from None
+        except requests.exceptions.RequestException as exc:
+            err = classify_exception(exc, what=what)
             logger.info("http failure", extra={"what": what, "reason": err.reason,
                                                "ambiguous": err.ambiguous,
                                                "seconds": round(time.monotonic() - started, 3)})
@@ -332,6 +336,32 @@ class HttpTransport:
                               describe=describe)
         return resp
 
+    def mux(self, url: str, width: int, wake: Any = None) -> TransportMux | None:
+        """Requests to ``url`` kept in flight ``width`` at a time by one thread (see
+        :mod:`outbox.sinks.httpmux`), or None where they go through :mod:`requests` (a session
+        factory, a proxy)."""
+        if not self._pooled(url):
+            return None
+        assert self._client is not None
+        return TransportMux(self, HttpMux(self._client, width, wake))
+
+    def _result(self, result: HttpResponse | HttpClientError, what: str,
+                describe: Callable[[Response], str] | None, seconds: float
+                ) -> Response | DeliveryError:
+        """What :meth:`request` returns or raises for one answer (or failure)."""
+        if isinstance(result, HttpClientError):
+            err = classify_client_error(result, what=what)
+            logger.info("http failure", extra={"what": what, "reason": err.reason,
+                                               "ambiguous": err.ambiguous,
+                                               "seconds": round(seconds, 3)})
+            return err
+        try:
+            classify_response(result, what=what, retry_after_cap=self.retry_after_cap,
+                              describe=describe)
+        except DeliveryError as err:
+            return err
+        return result
+
     def close(self) -> None:
         """Close pooled connections and the session."""
         if self._client is not None:
@@ -339,6 +369,41 @@ class HttpTransport:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+
+class TransportMux:
+    """:class:`~outbox.sinks.httpmux.HttpMux` with a transport's headers and classification:
+    each result is what :meth:`HttpTransport.request` would return, or the
+    :class:`DeliveryError` it would raise."""
+
+    def __init__(self, transport: HttpTransport, mux: HttpMux) -> None:
+        self.transport = transport
+        self._mux = mux
+
+    def free(self) -> int:
+        """How many more requests may be sent now."""
+        return self._mux.free()
+
+    def pending(self) -> int:
+        """Requests sent whose result has not been polled yet."""
+        return self._mux.pending()
+
+    def send(self, token: Any, method: str, url: str, *, what: str, data: Body = None,
+             headers: Mapping[str, str] | None = None,
+             describe: Callable[[Response], str] | None = None) -> None:
+        """Write one request; its result comes back from :meth:`poll` with ``token``."""
+        self._mux.send((token, what, describe), method, url, data=data,
+                       headers={**self.transport.headers, **(headers or {})})
+
+    def poll(self, timeout: float | None = None
+             ) -> list[tuple[Any, Response | DeliveryError, float]]:
+        """``(token, response or classified error, seconds)`` of finished requests."""
+        return [(token, self.transport._result(result, what, describe, seconds), seconds)
+                for (token, what, describe), result, seconds in self._mux.poll(timeout)]
+
+    def close(self) -> None:
+        """Close the connections still waiting for an answer."""
+        self._mux.close()
 
 
 def json_body(resp: Response, what: str) -> Any:
@@ -352,6 +417,6 @@ def json_body(resp: Response, what: str) -> Any:
                             body=body_excerpt(resp), ambiguous=True) from exc
 
 
-__all__ = ["HttpTransport", "Response", "body_excerpt", "classify_client_error",
+__all__ = ["HttpTransport", "Response", "TransportMux", "body_excerpt", "classify_client_error",
            "classify_exception", "classify_response", "default_session", "json_body",
            "parse_retry_after"]

@@ -245,6 +245,12 @@ class HttpClient:
 
     def _once(self, method: str, url: str, body: bytes | None,
               headers: dict[str, str]) -> HttpResponse:
+        origin, conn = self._send(method, url, body, headers)
+        return self._receive(origin, conn, method, url)
+
+    def _send(self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+              ) -> tuple[tuple[str, str, int], _Connection]:
+        """Write one request on a pooled (or new) connection; return where it went."""
         origin, path, host, auth = _parse_url(url)
         if auth is not None and "Authorization" not in headers:
             headers = {**headers, "Authorization": auth}
@@ -254,16 +260,19 @@ class HttpClient:
         assert sock is not None
         try:
             sock.sendall(head + body if body else head)
+        except BaseException as exc:
+            conn.close()
+            raise _failure(exc) from None
+        return origin, conn
+
+    def _receive(self, origin: tuple[str, str, int], conn: _Connection, method: str,
+                 url: str) -> HttpResponse:
+        """Read the answer to the request just sent on ``conn``; pool or close it after."""
+        try:
             answer = read_response(conn.rfile, method)
         except BaseException as exc:
             conn.close()
-            if isinstance(exc, TimeoutError):
-                raise HttpClientError("read_timeout", _why(exc)) from None
-            if isinstance(exc, Truncated):
-                raise HttpClientError("truncated", str(exc)) from None
-            if isinstance(exc, (OSError, ProtocolError)):
-                raise HttpClientError("lost", _why(exc)) from None
-            raise
+            raise _failure(exc) from None
         content = answer.body
         encoding = (answer.headers.get("content-encoding") or "").lower()
         if encoding in ("gzip", "deflate") and content:
@@ -316,6 +325,17 @@ class HttpClient:
         for idle in pools.values():
             while idle:
                 idle.pop().close()
+
+
+def _failure(exc: BaseException) -> BaseException:
+    """What a socket or protocol error while sending or reading an answer means."""
+    if isinstance(exc, TimeoutError):
+        return HttpClientError("read_timeout", _why(exc))
+    if isinstance(exc, Truncated):
+        return HttpClientError("truncated", str(exc))
+    if isinstance(exc, (OSError, ProtocolError)):
+        return HttpClientError("lost", _why(exc))
+    return exc
 
 
 def _why(exc: BaseException) -> str:

@@ -32,7 +32,7 @@ from pydantic import Field, SecretStr
 
 from hub.config_types import ComponentConfig, Duration
 from outbox.sinks.base import Delivery, DeliveryError, Receipt
-from outbox.sinks.http import HttpTransport, SessionFactory, json_body
+from outbox.sinks.http import HttpTransport, SessionFactory, TransportMux, json_body
 from outbox.sinks.signing import Signer
 
 logger = logging.getLogger(__name__)
@@ -93,11 +93,15 @@ class WebhookSink:
                 "idempotency_key": delivery.idempotency_key,
                 "case": delivery.case, "update": delivery.update}
 
-    def _post(self, body: bytes, key: str) -> Any:
+    def _headers(self, body: bytes, key: str) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
         if self._signer is not None:
-            headers.update(self._signer.headers(body))
-        return self.transport.request("POST", self.config.url, data=body, headers=headers,
+            headers.update(self._signer.headers(body))  # signed now: the timestamp is fresh
+        return headers
+
+    def _post(self, body: bytes, key: str) -> Any:
+        return self.transport.request("POST", self.config.url, data=body,
+                                      headers=self._headers(body, key),
                                       what=f"POST {self.name}")
 
     def deliver(self, delivery: Delivery) -> Receipt:
@@ -105,6 +109,13 @@ class WebhookSink:
         body = orjson.dumps(self.envelope(delivery))  # compact UTF-8, as json.dumps would
         resp = self._post(body, delivery.idempotency_key)
         return Receipt(remote_id=_remote_id(resp), status_code=resp.status_code)
+
+    def open_mux(self, width: int, wake: Any = None) -> WebhookMux | None:
+        """Deliveries kept in flight ``width`` at a time by one thread (the same requests and
+        outcomes as :meth:`deliver`), or None where the transport cannot (a proxy or a
+        session factory: then calls run on threads)."""
+        mux = self.transport.mux(self.config.url, width, wake)
+        return WebhookMux(self, mux) if mux is not None else None
 
     def deliver_batch(self, deliveries: list[Delivery]) -> list[Receipt | DeliveryError]:
         """POST several deliveries in one request; one outcome per delivery, in order."""
@@ -148,6 +159,45 @@ class WebhookSink:
     def close(self) -> None:
         """Close the HTTP session."""
         self.transport.close()
+
+
+class WebhookMux:
+    """One delivery per request, several requests in flight, driven by one thread."""
+
+    def __init__(self, sink: WebhookSink, mux: TransportMux) -> None:
+        self.sink = sink
+        self._mux = mux
+        self._what = f"POST {sink.name}"
+
+    def free(self) -> int:
+        """How many more deliveries may be sent now."""
+        return self._mux.free()
+
+    def pending(self) -> int:
+        """Deliveries sent whose outcome has not been polled yet."""
+        return self._mux.pending()
+
+    def send(self, token: Any, delivery: Delivery) -> None:
+        """Write the request of one delivery; its outcome comes back from :meth:`poll`."""
+        body = orjson.dumps(self.sink.envelope(delivery))
+        self._mux.send(token, "POST", self.sink.config.url, what=self._what, data=body,
+                       headers=self.sink._headers(body, delivery.idempotency_key))
+
+    def poll(self, timeout: float | None = None
+             ) -> list[tuple[Any, Receipt | DeliveryError, float]]:
+        """``(token, receipt or classified error, seconds)`` of finished deliveries."""
+        out: list[tuple[Any, Receipt | DeliveryError, float]] = []
+        for token, resp, seconds in self._mux.poll(timeout):
+            if isinstance(resp, DeliveryError):
+                out.append((token, resp, seconds))
+            else:
+                out.append((token, Receipt(remote_id=_remote_id(resp),
+                                           status_code=resp.status_code), seconds))
+        return out
+
+    def close(self) -> None:
+        """Give up on deliveries still in flight (their connections are closed)."""
+        self._mux.close()
 
 
 def _remote_id(resp: Any) -> str | None:

@@ -206,6 +206,13 @@ class SqlStore:
         raise NotImplementedError
         yield
 
+    @contextmanager
+    def _batch_tx(self) -> Iterator[Any]:
+        """A write transaction whose statements return nothing the caller reads: a dialect
+        may send them all before waiting for the server (PostgreSQL's pipeline mode)."""
+        with self._write_tx() as cur:
+            yield cur
+
     def _claim_sql(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -466,6 +473,10 @@ class SqlStore:
                             f"AS case_remote_id FROM outbox o WHERE o.id IN ({marks}) "
                             f"ORDER BY o.id", ids)
             rows = self._rows(cur)
+        return self._claimed(rows, now)
+
+    @staticmethod
+    def _claimed(rows: list[dict[str, Any]], now: datetime) -> list[ClaimedDelivery]:
         return [ClaimedDelivery(
             id=int(r["id"]), sink=r["sink"], case_id=r["case_id"], kind=r["kind"],
             event_id=r["event_id"], idempotency_key=r["idempotency_key"],
@@ -499,13 +510,15 @@ class SqlStore:
         """Record that attempts are being made for several rows (one transaction)."""
         if not ids:
             return
-        at_s = ts(at or now_utc())
         with self._write_tx() as cur:
-            for part in _parts(ids, _ROWS_PER_STATEMENT):
-                self._exec(cur, f"UPDATE outbox SET attempts = attempts + 1, last_attempt_at = "
-                                f"?, first_attempt_at = COALESCE(first_attempt_at, ?) WHERE "
-                                f"claimed_by = ? AND id IN ({_marks(len(part))})",
-                           (at_s, at_s, worker, *part))
+            self._start_attempts(cur, ids, worker, ts(at or now_utc()))
+
+    def _start_attempts(self, cur: Any, ids: Sequence[int], worker: str, at_s: str) -> None:
+        for part in _parts(ids, _ROWS_PER_STATEMENT):
+            self._exec(cur, f"UPDATE outbox SET attempts = attempts + 1, last_attempt_at = "
+                            f"?, first_attempt_at = COALESCE(first_attempt_at, ?) WHERE "
+                            f"claimed_by = ? AND id IN ({_marks(len(part))})",
+                       (at_s, at_s, worker, *part))
 
     def delivery_payloads(self, rows: Sequence[ClaimedDelivery]
                           ) -> dict[int, tuple[dict[str, Any], dict[str, Any] | None]]:
@@ -537,17 +550,24 @@ class SqlStore:
 
     def complete_deliveries(self, items: Sequence[tuple[ClaimedDelivery, str | None,
                                                         int | None, dict[str, Any]]],
-                            at: datetime | None = None) -> None:
+                            at: datetime | None = None, *, start: Sequence[int] = (),
+                            worker: str | None = None, start_at: datetime | None = None
+                            ) -> None:
         """Record several receipts in one transaction: (row, remote_id, status, detail).
 
         A few statements for the whole chunk, each over many rows (multi-row ``VALUES``,
         ``IN`` lists): the receipts, the ``delivered`` timeline events, the rows marked
-        delivered (with the remote id of their receipt), the case status.
+        delivered (with the remote id of their receipt), the case status. ``start``: rows of
+        ``worker`` whose attempts (at ``start_at``) are recorded in the same transaction, as
+        :meth:`start_attempts` would (one commit for one chunk's end and the next's start).
         """
-        if not items:
+        if not items and not start:
             return
         at_s = ts(at or now_utc())
-        with self._write_tx() as cur:
+        with self._batch_tx() as cur:
+            if start:
+                assert worker is not None
+                self._start_attempts(cur, start, worker, ts(start_at or now_utc()))
             for part in _parts(items, _ROWS_PER_STATEMENT):
                 self._exec(cur, "INSERT INTO receipts (outbox_id, sink, case_id, "
                                 "idempotency_key, remote_id, status_code, at, detail) VALUES "

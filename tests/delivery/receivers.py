@@ -32,6 +32,10 @@ from outbox.sinks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5: while the accepting thread waits for the
+    # interpreter lock (the first requests are being handled), the 6th of 8 connections opened
+    # at once overflows it, and that client's SYN is retried only after 1 s
+    request_queue_size = 128
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # resets we inject on purpose are not errors

@@ -64,3 +64,53 @@ def test_threads_start_only_as_needed() -> None:
     assert [c[0].outcome.remote_id for c in pool.start([[attempt(2)]])] == ["2"]
     assert len(pool._threads) == 1
     pool.close()
+
+
+def test_mux_pool_brings_every_call_back_once_and_survives_a_sink_bug() -> None:
+    """One thread, many requests in flight to a real receiver: every queued call comes back
+    once with its receipt; a delivery the sink cannot even encode (a bug) comes back with the
+    exception as its outcome, and the pool goes on with later calls."""
+    import sys
+
+    from hub.pipeline import MuxPool, _SinkFlow
+    from outbox.sinks.webhook import WebhookSink, WebhookSinkConfig
+    from tests.delivery.receivers import WebhookReceiver
+
+    def call(i: int, case: dict) -> list[_Attempt]:  # type: ignore[type-arg]
+        a = attempt(i)
+        a.delivery.case = case
+        return [a]
+
+    with WebhookReceiver() as receiver:
+        sink = WebhookSink(WebhookSinkConfig(name="wh", url=receiver.url + "/hook",
+                                             secret=receiver.secret, concurrency=4))
+        pool = MuxPool.open(sink, 4)
+        assert pool is not None
+        first = list(pool.start([call(i, {"n": i}) for i in range(10)]))
+        broken = list(pool.start([call(10, {"n": object()}), call(11, {"n": 11})]))
+        after = list(pool.start([call(i, {"n": i}) for i in range(12, 20)]))
+        pool.close()
+        assert sorted(c[0].row.id for c in first) == list(range(10))
+        assert all(c[0].outcome.status_code == 200 for c in first + after)
+        outcomes = {c[0].row.id: c[0].outcome for c in broken}
+        assert isinstance(outcomes[10], TypeError) and outcomes[11].status_code == 200
+        assert len(receiver.keys) == 19
+        assert receiver.redeliveries() == 0 and receiver.bad_signatures == 0
+        sink.close()
+
+        # a delivery flow uses the short switch interval only while its pool runs
+        before = sys.getswitchinterval()
+        flow = _SinkFlow(None, sink, None, None)  # type: ignore[arg-type]
+        assert isinstance(flow.pool, MuxPool) and sys.getswitchinterval() < before
+        flow.close()
+        assert sys.getswitchinterval() == before
+
+
+def test_sinks_without_a_mux_use_threads() -> None:
+    from hub.pipeline import _SinkFlow
+
+    sink = FlakySink()
+    sink.concurrency = 3  # type: ignore[attr-defined]
+    flow = _SinkFlow(None, sink, None, None)  # type: ignore[arg-type]
+    assert isinstance(flow.pool, CallPool)
+    flow.close()

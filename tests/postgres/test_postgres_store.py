@@ -169,3 +169,42 @@ def test_two_workers_process_each_record_once_on_postgres(tmp_path: Path, pg_url
         seed_raw(hub, n)
     results = check_each_record_processed_once(cfg, n, wait=0.0)
     assert sorted(bool(r["busy"]) for r in results) == [False, True], results
+
+
+def test_one_statement_claim_takes_what_the_portable_claim_takes(tmp_path: Path,
+                                                                 pg_url: str) -> None:
+    """PostgreSQL claims in one statement; it must choose exactly the rows the portable
+    three-query claim (SqlStore.claim_due, used on SQLite) chooses, in the same order."""
+    from datetime import datetime, timedelta, timezone
+
+    from outbox.store.sql import SqlStore
+    from outbox.store.timefmt import ts
+
+    hub = _hub(tmp_path, pg_url)
+    try:
+        seed_cases(hub, 12)
+        now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+        ids = [int(r["id"]) for r in hub.store.query("SELECT id FROM outbox ORDER BY id")]
+        plan = [  # (state, next_attempt_at offset s, claimed_until offset s)
+            ("pending", -50, None), ("pending", +50, None), ("retrying", -70, None),
+            ("retrying", +10, None), ("in_flight", -90, -1), ("in_flight", -95, +60),
+            ("pending", -60, None), ("retrying", -40, None), ("in_flight", -30, -5),
+            ("dead", -99, None), ("delivered", -99, None), ("pending", -20, None)]
+        for i, (state, due, until) in zip(ids, plan, strict=True):
+            hub.store.query("UPDATE outbox SET state = ?, next_attempt_at = ?, claimed_until = ?, "
+                            "claimed_by = ? WHERE id = ? RETURNING id",
+                            (state, ts(now + timedelta(seconds=due)),
+                             ts(now + timedelta(seconds=until)) if until is not None else None,
+                             "x:1" if until is not None else None, i))
+        got = hub.store.claim_due("a:1", 5, 60, now)
+        # due: ids[4] -90 (lease over), [2] -70, [6] -60, [0] -50, [7] -40, [8] -30, [11] -20
+        assert [d.id for d in got] == sorted([ids[4], ids[2], ids[6], ids[0], ids[7]])
+        rest = SqlStore.claim_due(hub.store, "b:1", 5, 60, now)  # the portable claim
+        assert [d.id for d in rest] == sorted([ids[8], ids[11]])
+        state = {int(r["id"]): (r["state"], r["claimed_by"]) for r in hub.store.query(
+            "SELECT id, state, claimed_by FROM outbox")}
+        assert all(state[d.id] == ("in_flight", "a:1") for d in got)
+        assert state[ids[5]] == ("in_flight", "x:1")  # a live lease is left alone
+        assert hub.store.claim_due("c:1", 5, 60, now) == []
+    finally:
+        hub.close()
