@@ -72,8 +72,8 @@ def test_prefix_scan_locks_and_reads_leave_no_open_transaction(tmp_path: Path,
                            "'feedback-hub' AND pid = pg_backend_pid()")
         assert rows[0]["state"] == "active"  # this very query; nothing idle in transaction
         idle = store.query("SELECT COUNT(*) AS n FROM pg_stat_activity WHERE "
-                           "application_name = 'feedback-hub' AND state = "
-                           "'idle in transaction'")
+                           "application_name = 'feedback-hub' AND datname = current_database() "
+                           "AND state = 'idle in transaction'")
         assert idle[0]["n"] == 0
         assert store.query("SELECT 'a%b' AS v WHERE 1 = ?", (1,))[0]["v"] == "a%b"
     finally:
