@@ -175,3 +175,17 @@ def test_blob_store_streams_and_dedupes(tmp_path: Path) -> None:
     with pytest.raises(BlobTooLarge):
         blobs.put_stream(io.BytesIO(data), max_size=1024)
     assert not list((tmp_path / "b" / "tmp").iterdir())  # nothing half-written left
+
+
+def test_delivered_case_json_keeps_integers_beyond_64_bits(store: SqlStore) -> None:
+    # an upstream platform's numeric id in ``extra`` must reach the sink exactly as received
+    # (orjson, used for speed, would read it as a float)
+    c = case("big")
+    c.extra = {"upstream_id": 123456789012345678901234, "small": 7, "text": "编号"}
+    with store.process_tx() as tx:
+        tx.save_case(c, None, ["s1"])
+    claimed = store.claim_due("w1", 10, 60, datetime.now(timezone.utc))
+    body, _update = store.delivery_payloads(claimed)[claimed[0].id]
+    assert body["extra"] == {"upstream_id": 123456789012345678901234, "small": 7,
+                             "text": "编号"}
+    assert isinstance(body["extra"]["upstream_id"], int)
