@@ -238,7 +238,8 @@ class ImapSession:
         if not uids:
             return
         if self.has("MOVE"):
-            self.c.move(list(uids), target)
+            if fast_fetch.move(self.c, uids, target) is None:
+                self.c.move(list(uids), target)
             return
         self.c.copy(list(uids), target)
         self.c.add_flags(list(uids), [b"\\Deleted", b"\\Seen"], silent=True)
