@@ -238,11 +238,17 @@ class BlobBatch:
         role: str | None = None,
     ) -> BlobRef:
         """Add bytes to the batch; the ref is valid for a commit only after :meth:`sync`."""
+        sha = self.add(data)
+        return BlobRef(sha256=sha, mime=mime, size=len(data), filename=filename, role=role)
+
+    def add(self, data: bytes) -> str:
+        """Add bytes to the batch and return their sha256 (hex): :meth:`put_bytes` without
+        the :class:`BlobRef`, for connectors that add many (valid only after :meth:`sync`)."""
         if self.synced:
             raise RuntimeError("this blob batch is already synced; start a new one")
         sha = hashlib.sha256(data).hexdigest()
         self._blobs.setdefault(sha, data)
-        return BlobRef(sha256=sha, mime=mime, size=len(data), filename=filename, role=role)
+        return sha
 
     def sync(self) -> None:
         """Append the batch's new blobs to the store's pack file and fsync it, then commit their

@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from connectors.base import BlobRef, IngestContext, RawRecord, Reject, ReparseError, SourceBatch
+from connectors.base import (
+    IngestContext,
+    RawRecord,
+    Reject,
+    ReparseError,
+    SourceBatch,
+    trusted_raw,
+)
 from connectors.email.acker import AckSender
 from connectors.email.config import AfterCommit, ImapConfig
 from connectors.email.imap import ImapSession, is_connection_error
@@ -47,18 +54,27 @@ _ANGLE = re.compile(rb"<[^<>\s]+>")
 HEADER_PEEK = 256 * 1024
 
 
-def header_section(raw: bytes) -> bytes:
-    """The header section of a message (up to the first empty line)."""
+def header_end(raw: bytes) -> int:
+    """Where the header section of a message ends (after the first empty line)."""
     for sep in (b"\r\n\r\n", b"\n\n"):
         i = raw.find(sep)
         if i >= 0:
-            return raw[: i + len(sep)]
-    return raw
+            return i + len(sep)
+    return len(raw)
 
 
-def message_id_of(header: bytes, sha256: str) -> tuple[str, bool]:
-    """The Message-ID of a mail, or a stable generated one; returns (id, generated)."""
-    m = _MSGID.search(header)
+def header_section(raw: bytes) -> bytes:
+    """The header section of a message (up to the first empty line)."""
+    return raw[:header_end(raw)]
+
+
+def message_id_of(header: bytes, sha256: str, end: int | None = None) -> tuple[str, bool]:
+    """The Message-ID of a mail, or a stable generated one; returns (id, generated).
+
+    ``end``: read only ``header[:end]`` (a whole mail and its :func:`header_end`, without
+    copying the header out).
+    """
+    m = _MSGID.search(header, 0, len(header) if end is None else end)
     if m:
         value = re.sub(rb"\r?\n[ \t]+", b" ", m.group(1)).strip()
         angle = _ANGLE.search(value)
@@ -125,7 +141,7 @@ class ImapConnector:
         self._ensured: set[str] = set()
         self._lease: Lease | None = None
         self._pending_ack: AckToken | None = None
-        self._prefetch: Lookahead[tuple[dict[int, bytes], dict[int, BlobRef]]] = Lookahead(
+        self._prefetch: Lookahead[tuple[dict[int, bytes], dict[int, str]]] = Lookahead(
             f"{self.name}-prefetch")
         self._acks: AckSender[AckToken] = AckSender(config, self._send_ack, self.tokens)
 
@@ -252,12 +268,19 @@ class ImapConnector:
         groups = self._groups(uids, meta)
         small = [[u for u in g if u in meta and meta[u][0] <= cfg.stream_threshold]
                  for g in groups]
+        # the FETCH of the next batch's small mails is sent before this one's response is read
+        # (the server prepares it meanwhile), unless this thread needs the connection in
+        # between: for a batch's large mail, streamed here after its small mails are packed
+        own = min(cfg.stream_threshold, cfg.max_message_size)  # larger: this thread's work
+        ahead = [small[i + 1] if i + 1 < len(groups) and all(
+            meta[u][0] <= own for u in groups[i] if u in meta) else []
+            for i in range(len(groups))]
         # while one batch is committed and acknowledged, the next one is fetched and its small
         # mails made durable in a pack (worker thread); the session is used by the worker
         # between start and take, by this thread (large mail) only outside that
         prefetch = self._prefetch
         try:
-            prefetch.start(_fetch_and_pack, session, small[0], ctx.blobs)
+            prefetch.start(_fetch_and_pack, session, small[0], ahead[0], ctx.blobs)
             for i, group in enumerate(groups):
                 bodies, stored = prefetch.take()  # their blobs are durable
                 faults.point("imap_blobs_synced")
@@ -265,10 +288,15 @@ class ImapConnector:
                                     ctx)
                 del bodies
                 if i + 1 < len(groups):
-                    prefetch.start(_fetch_and_pack, session, small[i + 1], ctx.blobs)
+                    prefetch.start(_fetch_and_pack, session, small[i + 1], ahead[i + 1],
+                                   ctx.blobs)
                 yield batch
         finally:
             prefetch.settle()
+            try:
+                session.drain()  # a FETCH sent ahead for a batch nobody wants now
+            except Exception:
+                self._drop_session()  # the connection is in an unknown state: a fresh one
 
     def _groups(self, uids: list[int], meta: dict[int, tuple[int, Any]]) -> list[list[int]]:
         """Split UIDs into batches of at most ``batch_size`` mails and ``batch_bytes``."""
@@ -288,39 +316,50 @@ class ImapConnector:
         return groups
 
     def _batch(self, session: ImapSession, folder: str, uv: int, uids: list[int],
-               bodies: dict[int, bytes], stored: dict[int, BlobRef],
+               bodies: dict[int, bytes], stored: dict[int, str],
                meta: dict[int, tuple[int, Any]], state: dict[str, Any],
                ctx: IngestContext) -> SourceBatch:
         """One batch from its small mails, fetched and made durable by
-        :func:`_fetch_and_pack`; large mail is streamed to blob files of its own here."""
+        :func:`_fetch_and_pack` (``stored``: UID → sha256); large mail is streamed to blob
+        files of its own here."""
         cfg = self.config
         records: list[RawRecord] = []
         rejects: list[Reject] = []
         token = AckToken(folder, uv)
+        processed = token.processed
+        record = self._record
+        point = faults.point
+        now = ctx.now
+        max_size, threshold = cfg.max_message_size, cfg.stream_threshold
+        packed = min(threshold, max_size)
         for uid in uids:
             if uid not in meta:
                 continue  # expunged by someone else meanwhile
             size, idate = meta[uid]
-            where = {"folder": folder, "uid": uid, "uidvalidity": uv}
-            if size > cfg.max_message_size:
-                rejects.append(self._oversized(session, uid, size, where, ctx))
-                token.quarantine.append(uid)
-                continue
-            if size > cfg.stream_threshold:
-                blob = ctx.blobs.put_stream(_ChunkReader(session.stream_body(uid, size)),
-                                            mime="message/rfc822")
-                header = header_section(ctx.blobs.read(blob.sha256, HEADER_PEEK))
-            else:
+            if size <= packed:  # fetched and packed by _fetch_and_pack
                 raw = bodies.get(uid)
                 if raw is None:
                     continue  # expunged between SEARCH and FETCH
-                blob = stored[uid]
-                header = header_section(raw)
+                sha = stored[uid]
+                msgid, generated = message_id_of(raw, sha, header_end(raw))
+                records.append(record(sha, len(raw), msgid, generated, idate,
+                                      {"folder": folder, "uid": uid, "uidvalidity": uv}, now))
+                processed.append(uid)
+                point("imap_mid_batch")
+                continue
+            where = {"folder": folder, "uid": uid, "uidvalidity": uv}
+            session.drain()  # (nothing is sent ahead for a batch with large mail)
+            if size > max_size:
+                rejects.append(self._oversized(session, uid, size, where, ctx))
+                token.quarantine.append(uid)
+                continue
+            blob = ctx.blobs.put_stream(_ChunkReader(session.stream_body(uid, size)),
+                                        mime="message/rfc822")
+            header = header_section(ctx.blobs.read(blob.sha256, HEADER_PEEK))
             msgid, generated = message_id_of(header, blob.sha256)
-            records.append(self._record(blob.sha256, blob.size, msgid, generated,
-                                        idate, where, ctx.now))
-            token.processed.append(uid)
-            faults.point("imap_mid_batch")
+            records.append(record(blob.sha256, blob.size, msgid, generated, idate, where, now))
+            processed.append(uid)
+            point("imap_mid_batch")
         state[folder] = {"uidvalidity": uv, "last_uid": uids[-1]}
         return SourceBatch(records=records, rejects=rejects,
                            checkpoint={"folders": copy.deepcopy(state)}, ack_token=token)
@@ -328,11 +367,12 @@ class ImapConnector:
     def _record(self, sha: str, size: int, msgid: str, generated: bool, idate: Any,
                 where: dict[str, Any], now: datetime) -> RawRecord:
         received = idate if isinstance(idate, datetime) and idate.tzinfo else now
-        payload = {**where, "message_id": msgid, "message_id_generated": generated,
-                   "size": size, "sha256": sha, "mailbox": self.config.username}
-        return RawRecord(source=self.name, channel=self.channel,
-                         source_ref=source_ref_for(msgid, sha), received_at=received,
-                         payload=payload, raw_blob=sha)
+        where.update(message_id=msgid, message_id_generated=generated, size=size, sha256=sha,
+                     mailbox=self.config.username)
+        # every field is built here as the model wants it (source_ref at most ~680 chars,
+        # an aware time): no validation needed
+        return trusted_raw(self.name, self.channel, source_ref_for(msgid, sha), received,
+                           where, sha)
 
     def _oversized(self, session: ImapSession, uid: int, size: int, where: dict[str, Any],
                    ctx: IngestContext) -> Reject:
@@ -531,13 +571,16 @@ class ImapConnector:
         self._drop_session()
 
 
-def _fetch_and_pack(session: ImapSession, uids: list[int],
-                    blobs: BlobStore) -> tuple[dict[int, bytes], dict[int, BlobRef]]:
+def _fetch_and_pack(session: ImapSession, uids: list[int], ahead: list[int],
+                    blobs: BlobStore) -> tuple[dict[int, bytes], dict[int, str]]:
     """Fetch small mails whole and append them to ONE pack of the blob store, made durable by
-    one fsync (plus one index commit) before this returns: nothing can reference them before."""
-    bodies = session.fetch_bodies(uids) if uids else {}
+    one fsync (plus one index commit) before this returns: nothing can reference them before.
+    Returns UID → message and UID → sha256. ``ahead``: the next batch's UIDs, whose FETCH is
+    sent before this one's response is read (see :meth:`ImapSession.fetch_bodies`)."""
+    bodies = session.fetch_bodies(uids, ahead) if uids or ahead else {}
     pack = blobs.batch()
-    stored = {uid: pack.put_bytes(raw, mime="message/rfc822") for uid, raw in bodies.items()}
+    add = pack.add
+    stored = {uid: add(raw) for uid, raw in bodies.items()}
     pack.sync()
     return bodies, stored
 

@@ -205,6 +205,10 @@ class BodyFetches:
     def __len__(self) -> int:
         return len(self._sent)
 
+    def sent_first(self, uids: Sequence[int]) -> bool:
+        """Whether the oldest request in flight asks for exactly these UIDs."""
+        return bool(self._sent) and self._sent[0][1] == set(uids)
+
     def send(self, uids: Sequence[int]) -> bool:
         """Send one FETCH; False when the client is not in the mode read here."""
         tag = _send(self.client, "FETCH", join_message_ids(list(uids)), "(BODY.PEEK[])")
