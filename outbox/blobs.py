@@ -256,8 +256,12 @@ class BlobBatch:
         if self.synced:
             return
         root = str(self.store.root)
+        # a blob stored as its own file is not packed again; its bucket folder (ab/) must
+        # exist, and one listing of them spares a stat per blob where few are files
+        buckets = set(os.listdir(root))
         new = [sha for sha in self.store.packs.missing(list(self._blobs))
-               if not os.path.isfile(f"{root}/{sha[:2]}/{sha[2:4]}/{sha}")]  # (not pathlib: hot)
+               if sha[:2] not in buckets
+               or not os.path.isfile(f"{root}/{sha[:2]}/{sha[2:4]}/{sha}")]  # (not pathlib: hot)
         if new:
             self.store.write_packed([(sha, self._blobs[sha]) for sha in new])
         self._blobs.clear()

@@ -10,6 +10,7 @@ storing it again.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
@@ -24,29 +25,44 @@ T = TypeVar("T")
 
 
 class AckSender(Generic[T]):
-    """One worker thread and one IMAP session that apply ``send(session, token)`` in order."""
+    """One worker thread and one IMAP session that apply ``send(session, token)`` in order.
+
+    ``merge``: turns the tokens that queued up while the previous ones were being sent into
+    fewer (e.g. one MOVE instead of several: the server's cost per command is high).
+    """
 
     def __init__(self, config: ImapConfig, send: Callable[[ImapSession, T], None],
-                 tokens: TokenSource | None = None) -> None:
+                 tokens: TokenSource | None = None,
+                 merge: Callable[[list[T]], list[T]] | None = None) -> None:
         self.config = config
         self.tokens = tokens  # the connector's XOAUTH2 tokens, shared (None: password login)
         self._send = send
+        self._merge = merge
         self._session: ImapSession | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
+        self._queue: list[T] = []
+        self._lock = threading.Lock()
 
     def submit(self, token: T) -> None:
         """Queue one acknowledgement (sent after those queued before it)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix=f"imap-ack-{self.config.name}")
-        self._pending.append(self._executor.submit(self._run, token))
+        with self._lock:
+            self._queue.append(token)
+        self._pending.append(self._executor.submit(self._run))
 
-    def _run(self, token: T) -> None:
+    def _run(self) -> None:
+        with self._lock:  # everything queued so far (later jobs find the queue empty)
+            queued, self._queue = self._queue, []
+        if not queued:
+            return
         try:
             if self._session is None or self._session.client is None:
                 self._session = ImapSession(self.config, tokens=self.tokens).connect()
-            self._send(self._session, token)
+            for token in self._merge(queued) if self._merge else queued:
+                self._send(self._session, token)
         except Exception as exc:
             if is_connection_error(exc):
                 self._drop_session()

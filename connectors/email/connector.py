@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 _MSGID = re.compile(rb"^message-id[ \t]*:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)", re.I | re.M)
 _ANGLE = re.compile(rb"<[^<>\s]+>")
+_FOLD = re.compile(rb"\r?\n[ \t]+")
 HEADER_PEEK = 256 * 1024
 
 
@@ -68,15 +69,35 @@ def header_section(raw: bytes) -> bytes:
     return raw[:header_end(raw)]
 
 
+def _find_message_id(header: bytes, end: int) -> re.Match[bytes] | None:
+    """``_MSGID.search(header, 0, end)``, faster: the regular expression is tried only where
+    a line starts with ``message-id`` (any case; both are ASCII-only), found by ``find``."""
+    low = header[:end].lower()
+    at = 0 if low.startswith(b"message-id") else None
+    nl = -1
+    while True:
+        if at is not None:
+            m = _MSGID.match(header, at, end)
+            if m is not None:
+                return m
+        nl = low.find(b"\nmessage-id", nl + 1)
+        if nl < 0:
+            return None
+        at = nl + 1
+
+
 def message_id_of(header: bytes, sha256: str, end: int | None = None) -> tuple[str, bool]:
     """The Message-ID of a mail, or a stable generated one; returns (id, generated).
 
     ``end``: read only ``header[:end]`` (a whole mail and its :func:`header_end`, without
     copying the header out).
     """
-    m = _MSGID.search(header, 0, len(header) if end is None else end)
+    m = _find_message_id(header, len(header) if end is None else end)
     if m:
-        value = re.sub(rb"\r?\n[ \t]+", b" ", m.group(1)).strip()
+        value = m.group(1)
+        if b"\n" in value:  # folded over several lines
+            value = _FOLD.sub(b" ", value)
+        value = value.strip()
         angle = _ANGLE.search(value)
         token = angle.group(0) if angle else (b"<" + value + b">" if value and b" " not in value
                                               else b"")
@@ -100,6 +121,22 @@ class AckToken:
     uidvalidity: int
     processed: list[int] = field(default_factory=list)
     quarantine: list[int] = field(default_factory=list)
+    #: send it at once: fewer than ``ack_every`` mails of the pass are left to fetch
+    last_stretch: bool = False
+
+
+def merge_acks(tokens: list[AckToken]) -> list[AckToken]:
+    """Consecutive acknowledgements of the same folder (and UIDVALIDITY) as one."""
+    out: list[AckToken] = []
+    for tok in tokens:
+        prev = out[-1] if out else None
+        if prev is not None and (prev.folder, prev.uidvalidity) == (tok.folder, tok.uidvalidity):
+            prev.processed.extend(tok.processed)
+            prev.quarantine.extend(tok.quarantine)
+        else:
+            out.append(AckToken(tok.folder, tok.uidvalidity, list(tok.processed),
+                                list(tok.quarantine)))
+    return out
 
 
 class _ChunkReader(io.RawIOBase):
@@ -143,7 +180,8 @@ class ImapConnector:
         self._pending_ack: AckToken | None = None
         self._prefetch: Lookahead[tuple[dict[int, bytes], dict[int, str]]] = Lookahead(
             f"{self.name}-prefetch")
-        self._acks: AckSender[AckToken] = AckSender(config, self._send_ack, self.tokens)
+        self._acks: AckSender[AckToken] = AckSender(config, self._send_ack, self.tokens,
+                                                    merge_acks)
 
     @classmethod
     def from_config(cls, config: ImapConfig, runtime: Any) -> ImapConnector:
@@ -272,22 +310,32 @@ class ImapConnector:
         # (the server prepares it meanwhile), unless this thread needs the connection in
         # between: for a batch's large mail, streamed here after its small mails are packed
         own = min(cfg.stream_threshold, cfg.max_message_size)  # larger: this thread's work
-        ahead = [small[i + 1] if i + 1 < len(groups) and all(
-            meta[u][0] <= own for u in groups[i] if u in meta) else []
-            for i in range(len(groups))]
-        # while one batch is committed and acknowledged, the next one is fetched and its small
-        # mails made durable in a pack (worker thread); the session is used by the worker
-        # between start and take, by this thread (large mail) only outside that
+        shared = [any(meta[u][0] > own for u in g if u in meta) for g in groups]
+        ahead = [small[i + 1] if i + 1 < len(groups) and not shared[i] else []
+                 for i in range(len(groups))]
+        # while one batch is built, committed and acknowledged, the next one is fetched and its
+        # small mails made durable in a pack (worker thread); the session is used by the worker
+        # between start and take, by this thread (large mail) only outside that: the next job
+        # starts before this batch is built unless the batch has large mail
         prefetch = self._prefetch
+        left = len(uids)
         try:
             prefetch.start(_fetch_and_pack, session, small[0], ahead[0], ctx.blobs)
             for i, group in enumerate(groups):
                 bodies, stored = prefetch.take()  # their blobs are durable
                 faults.point("imap_blobs_synced")
+                more = i + 1 < len(groups)
+                if more and not shared[i]:
+                    prefetch.start(_fetch_and_pack, session, small[i + 1], ahead[i + 1],
+                                   ctx.blobs)
                 batch = self._batch(session, folder, uv, group, bodies, stored, meta, state,
                                     ctx)
                 del bodies
-                if i + 1 < len(groups):
+                left -= len(group)
+                # the pass ends soon: acknowledge each batch, so that its last MOVE (which the
+                # pass waits for) holds one batch, not up to ack_every mails
+                batch.ack_token.last_stretch = left < cfg.ack_every
+                if more and shared[i]:
                     prefetch.start(_fetch_and_pack, session, small[i + 1], ahead[i + 1],
                                    ctx.blobs)
                 yield batch
@@ -348,7 +396,7 @@ class ImapConnector:
                 point("imap_mid_batch")
                 continue
             where = {"folder": folder, "uid": uid, "uidvalidity": uv}
-            session.drain()  # (nothing is sent ahead for a batch with large mail)
+            session.drain()  # (nothing is sent ahead, nor started, for a batch with large mail)
             if size > max_size:
                 rejects.append(self._oversized(session, uid, size, where, ctx))
                 token.quarantine.append(uid)
@@ -417,7 +465,7 @@ class ImapConnector:
             pending = self._pending_ack = AckToken(tok.folder, tok.uidvalidity)
         pending.processed.extend(tok.processed)
         pending.quarantine.extend(tok.quarantine)
-        if (self.config.after_commit is not AfterCommit.move
+        if (self.config.after_commit is not AfterCommit.move or tok.last_stretch
                 or len(pending.processed) + len(pending.quarantine) >= self.config.ack_every):
             self.flush_acks()
 
