@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from connectors.email.config import ImapConfig
 from connectors.email.imap import ImapSession, is_connection_error
@@ -22,6 +22,7 @@ from connectors.email.oauth2 import TokenSource
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class AckSender(Generic[T]):
@@ -52,6 +53,24 @@ class AckSender(Generic[T]):
         with self._lock:
             self._queue.append(token)
         self._pending.append(self._executor.submit(self._run))
+
+    def call(self, fn: Callable[..., R], *args: Any) -> Future[R]:
+        """Run ``fn(session, *args)`` on this sender's connection and thread, in turn with the
+        acknowledgements (used to read while the connection is otherwise idle)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"imap-ack-{self.config.name}")
+        return self._executor.submit(self._call, fn, *args)
+
+    def _call(self, fn: Callable[..., R], *args: Any) -> R:
+        try:
+            if self._session is None or self._session.client is None:
+                self._session = ImapSession(self.config, tokens=self.tokens).connect()
+            return fn(self._session, *args)
+        except Exception as exc:
+            if is_connection_error(exc):
+                self._drop_session()
+            raise
 
     def _run(self) -> None:
         with self._lock:  # everything queued so far (later jobs find the queue empty)

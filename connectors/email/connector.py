@@ -43,6 +43,7 @@ from connectors.email.config import AfterCommit, ImapConfig
 from connectors.email.imap import ImapSession, is_connection_error
 from connectors.email.oauth2 import token_source
 from connectors.email.prefetch import Lookahead
+from connectors.email.sizes import PassSizes
 from hub import faults
 from hub.leases import Lease, LeaseLost, owner_id
 from outbox.blobs import BlobStore
@@ -300,44 +301,64 @@ class ImapConnector:
         uids = session.uids_after(last)
         if not uids:
             return
-        meta = session.sizes(uids)
         logger.info("new mail", extra={"source": self.name, "folder": folder,
                                        "count": len(uids), "uidvalidity": uv})
-        groups = self._groups(uids, meta)
-        small = [[u for u in g if u in meta and meta[u][0] <= cfg.stream_threshold]
-                 for g in groups]
-        # the FETCH of the next batch's small mails is sent before this one's response is read
-        # (the server prepares it meanwhile), unless this thread needs the connection in
-        # between: for a batch's large mail, streamed here after its small mails are packed
+        prefetch = self._prefetch
+
+        def ready() -> ImapSession:  # the fetching session, nothing in flight on it
+            prefetch.settle()
+            session.drain()
+            return session
+
+        # the first two batches' sizes now, the rest on the acknowledging connection meanwhile
+        sizes = PassSizes(session, folder, uv, uids, 2 * cfg.batch_size, self._acks.call)
+        meta = sizes.meta
         own = min(cfg.stream_threshold, cfg.max_message_size)  # larger: this thread's work
-        shared = [any(meta[u][0] > own for u in g if u in meta) for g in groups]
-        ahead = [small[i + 1] if i + 1 < len(groups) and not shared[i] else []
-                 for i in range(len(groups))]
+        pending = self._groups(uids, sizes, ready)
+        window: list[tuple[list[int], list[int], bool]] = []  # (uids, small ones, shared)
+
+        def form(n: int) -> None:  # the next n batches (only while no job runs)
+            while len(window) < n:
+                group = next(pending, None)
+                if group is None:
+                    return
+                window.append((group, [u for u in group if u in meta
+                                       and meta[u][0] <= cfg.stream_threshold],
+                               any(meta[u][0] > own for u in group if u in meta)))
+
+        def job(k: int) -> tuple[Any, ...]:
+            # the FETCH of the batch after is sent before this one's response is read (the
+            # server prepares it meanwhile), unless this thread needs the connection in
+            # between: for a batch's large mail, streamed here after its small mails are packed
+            ahead = window[k + 1][1] if k + 1 < len(window) and not window[k][2] else []
+            return (_fetch_and_pack, session, window[k][1], ahead, ctx.blobs)
+
         # while one batch is built, committed and acknowledged, the next one is fetched and its
         # small mails made durable in a pack (worker thread); the session is used by the worker
         # between start and take, by this thread (large mail) only outside that: the next job
         # starts before this batch is built unless the batch has large mail
-        prefetch = self._prefetch
         left = len(uids)
         try:
-            prefetch.start(_fetch_and_pack, session, small[0], ahead[0], ctx.blobs)
-            for i, group in enumerate(groups):
+            form(2)
+            prefetch.start(*job(0))
+            while window:
                 bodies, stored = prefetch.take()  # their blobs are durable
                 faults.point("imap_blobs_synced")
-                more = i + 1 < len(groups)
-                if more and not shared[i]:
-                    prefetch.start(_fetch_and_pack, session, small[i + 1], ahead[i + 1],
-                                   ctx.blobs)
+                form(3)
+                group, _, shared = window[0]
+                more = len(window) > 1
+                if more and not shared:
+                    prefetch.start(*job(1))
                 batch = self._batch(session, folder, uv, group, bodies, stored, meta, state,
                                     ctx)
                 del bodies
                 left -= len(group)
-                # the pass ends soon: acknowledge each batch, so that its last MOVE (which the
-                # pass waits for) holds one batch, not up to ack_every mails
-                batch.ack_token.last_stretch = left < cfg.ack_every
-                if more and shared[i]:
-                    prefetch.start(_fetch_and_pack, session, small[i + 1], ahead[i + 1],
-                                   ctx.blobs)
+                # a long pass ends soon: acknowledge each batch, so that its last MOVE (which
+                # the pass waits for) holds about one batch, not up to ack_every mails
+                batch.ack_token.last_stretch = left < cfg.ack_every < len(uids)
+                if more and shared:
+                    prefetch.start(*job(1))
+                window.pop(0)
                 yield batch
         finally:
             prefetch.settle()
@@ -346,22 +367,28 @@ class ImapConnector:
             except Exception:
                 self._drop_session()  # the connection is in an unknown state: a fresh one
 
-    def _groups(self, uids: list[int], meta: dict[int, tuple[int, Any]]) -> list[list[int]]:
-        """Split UIDs into batches of at most ``batch_size`` mails and ``batch_bytes``."""
+    def _groups(self, uids: list[int], sizes: PassSizes,
+                ready: Callable[[], ImapSession]) -> Iterator[list[int]]:
+        """Split UIDs into batches of at most ``batch_size`` mails and ``batch_bytes``
+        (yielded as soon as they are complete: the sizes of later UIDs may still be read)."""
         cfg = self.config
-        groups: list[list[int]] = []
+        meta = sizes.meta
         group: list[int] = []
         group_bytes = 0
-        for uid in uids:
+        for k, uid in enumerate(uids):
+            if k >= sizes.known:
+                sizes.need(k, ready)
             size = min(meta.get(uid, (0, None))[0], cfg.stream_threshold)
-            if group and (len(group) >= cfg.batch_size or group_bytes + size > cfg.batch_bytes):
-                groups.append(group)
+            if group and group_bytes + size > cfg.batch_bytes:
+                yield group
                 group, group_bytes = [], 0
             group.append(uid)
             group_bytes += size
+            if len(group) >= cfg.batch_size:  # (the next UID would start a new one anyway)
+                yield group
+                group, group_bytes = [], 0
         if group:
-            groups.append(group)
-        return groups
+            yield group
 
     def _batch(self, session: ImapSession, folder: str, uv: int, uids: list[int],
                bodies: dict[int, bytes], stored: dict[int, str],
