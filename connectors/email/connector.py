@@ -54,6 +54,7 @@ _MSGID = re.compile(rb"^message-id[ \t]*:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)", re.I 
 _ANGLE = re.compile(rb"<[^<>\s]+>")
 _FOLD = re.compile(rb"\r?\n[ \t]+")
 HEADER_PEEK = 256 * 1024
+HEAD_SIZES = 1000  # UIDs of a pass whose sizes are read before its first batch is fetched
 
 
 def header_end(raw: bytes) -> int:
@@ -310,8 +311,10 @@ class ImapConnector:
             session.drain()
             return session
 
-        # the first two batches' sizes now, the rest on the acknowledging connection meanwhile
-        sizes = PassSizes(session, folder, uv, uids, 2 * cfg.batch_size, self._acks.call)
+        # the first batches' sizes now (enough for the time the acknowledging connection takes
+        # to log in and select), the rest on that connection meanwhile
+        sizes = PassSizes(session, folder, uv, uids, max(HEAD_SIZES, 3 * cfg.batch_size),
+                          self._acks.call)
         meta = sizes.meta
         own = min(cfg.stream_threshold, cfg.max_message_size)  # larger: this thread's work
         pending = self._groups(uids, sizes, ready)

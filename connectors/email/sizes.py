@@ -52,11 +52,12 @@ class PassSizes:
                  call: Callable[..., Future[Meta]] | None) -> None:
         self.uids = uids
         head = len(uids) if call is None else min(head, len(uids))
-        self.meta: Meta = session.sizes(uids[:head])
-        self.known = head  # uids[:known] are in meta (or expunged)
+        # asked first: the other connection logs in and selects while the head is read here
         self._later: deque[tuple[int, Future[Meta]]] = deque(
             (start, call(sizes_on, folder, uidvalidity, uids[start:start + CHUNK]))
             for start in range(head, len(uids), CHUNK)) if call is not None else deque()
+        self.meta: Meta = session.sizes(uids[:head])
+        self.known = head  # uids[:known] are in meta (or expunged)
 
     def need(self, index: int, ready: Callable[[], ImapSession]) -> None:
         """Make sure the sizes of ``uids[:index + 1]`` are known.
