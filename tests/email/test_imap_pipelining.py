@@ -114,3 +114,33 @@ def test_a_long_pass_with_large_mail_in_between(tmp_path: Path, dovecot: Dovecot
     assert stored == [hashlib.sha256(m).hexdigest() for m in msgs]  # in mailbox order
     assert all(blobs.read(sha) == m for sha, m in zip(stored, msgs, strict=True))
     assert any(blobs.path(sha).is_file() for sha in stored)  # the large ones: files of their own
+
+
+def test_the_acknowledging_connection_sees_new_mail_and_a_recreated_folder(
+        dovecot: Dovecot, mailbox: str) -> None:
+    from connectors.email.connector import ImapConnector
+
+    dovecot.append(mailbox, [mails.numbered(i) for i in range(3)], folder="Work")
+    connector = ImapConnector(ImapConfig(
+        name="m", host="127.0.0.1", port=dovecot.port, tls="none", username=mailbox,
+        password=dovecot.password, folders=["Work"]))
+    acks = ImapSession(connector.config).connect()
+    other = dovecot.client(mailbox)
+    try:
+        acks.select("Work")
+        uv = acks.uidvalidity or 0
+        dovecot.append(mailbox, [mails.numbered(i) for i in range(3, 6)], folder="Work")
+        # mail that arrived after this connection looked is moved
+        connector._send_ack(acks, AckToken("Work", uv, [4, 5, 6]))
+        assert folder_count(dovecot, mailbox, "Processed") == 3
+        # the folder recreated meanwhile (a new UIDVALIDITY): nothing is moved
+        other.delete_folder("Work")
+        other.create_folder("Work")
+        dovecot.append(mailbox, [mails.numbered(i) for i in range(6, 9)], folder="Work")
+        connector._send_ack(acks, AckToken("Work", uv, [1, 2, 3]))
+        assert folder_count(dovecot, mailbox, "Work") == 3
+        assert folder_count(dovecot, mailbox, "Processed") == 3
+    finally:
+        other.logout()
+        acks.close()
+        connector.close()
