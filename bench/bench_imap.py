@@ -210,10 +210,12 @@ def main() -> None:
              f"through imaplib and IMAPClient. Large mails are fetched in 1 MiB partial "
              f"FETCHes straight into blob files. The mailbox is filled as Dovecot delivers "
              f"(W= sizes in the file names, taken to cur/ before timing; see the module "
-             f"docstring). Where the time goes (2026-12-03, quiet machine): the hub process "
-             f"uses ~31 us CPU per mail (raw loop ~23), Dovecot ~43 us per mail during the hub's "
-             f"run (its MOVEs ~25-30 of it, the per-MOVE SELECT ~7 ms) against ~10 during the "
-             f"raw loop: both cores are busy most of the run. Load average "
+             f"docstring). Where the time goes (2026-12-03, quiet machine, /proc CPU times): "
+             f"the hub process uses ~30 us CPU per mail (main thread ~13: records + SQLite "
+             f"commit; fetch worker ~10: reading bodies, hashing, pack + index; second "
+             f"connection ~4: sizes, MOVE), the raw loop ~23; Dovecot ~41 us per mail during "
+             f"the hub's run (MOVE ~25-30 of it, each MOVE's SELECT ~7 ms) against ~9 during the "
+             f"raw loop, so the hub's run keeps about 1.5 of the 2 cores busy. Load average "
              f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after; the machine is shared "
              f"with other jobs and a neighbour's run moves the ratio by 0.1 or more.")
     write_results("P2", "IMAP connector: fetch, store, commit", rows, notes)
