@@ -58,16 +58,16 @@ _set_attr = object.__setattr__
 
 
 def trusted_raw(source: str, channel: Channel, source_ref: str, received_at: datetime,
-                payload: dict[str, Any]) -> RawRecord:
+                payload: dict[str, Any], raw_blob: str | None = None) -> RawRecord:
     """A :class:`RawRecord` without attachments from fields the caller built and checked.
 
     What ``RawRecord.model_construct`` does (no validation), without its generic per-field
-    work: for connectors on a hot path (MQTT builds one per message).
+    work: for connectors on a hot path (MQTT builds one per message, IMAP one per mail).
     """
     rec = RawRecord.__new__(RawRecord)
     _set_attr(rec, "__dict__", {"source": source, "channel": channel, "source_ref": source_ref,
                                 "received_at": received_at, "payload": payload,
-                                "attachments": [], "raw_blob": None})
+                                "attachments": [], "raw_blob": raw_blob})
     _set_attr(rec, "__pydantic_fields_set__", set(_RAW_FIELDS))
     _set_attr(rec, "__pydantic_extra__", None)
     _set_attr(rec, "__pydantic_private__", None)

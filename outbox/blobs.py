@@ -238,11 +238,17 @@ class BlobBatch:
         role: str | None = None,
     ) -> BlobRef:
         """Add bytes to the batch; the ref is valid for a commit only after :meth:`sync`."""
+        sha = self.add(data)
+        return BlobRef(sha256=sha, mime=mime, size=len(data), filename=filename, role=role)
+
+    def add(self, data: bytes) -> str:
+        """Add bytes to the batch and return their sha256 (hex): :meth:`put_bytes` without
+        the :class:`BlobRef`, for connectors that add many (valid only after :meth:`sync`)."""
         if self.synced:
             raise RuntimeError("this blob batch is already synced; start a new one")
         sha = hashlib.sha256(data).hexdigest()
         self._blobs.setdefault(sha, data)
-        return BlobRef(sha256=sha, mime=mime, size=len(data), filename=filename, role=role)
+        return sha
 
     def sync(self) -> None:
         """Append the batch's new blobs to the store's pack file and fsync it, then commit their
@@ -250,8 +256,12 @@ class BlobBatch:
         if self.synced:
             return
         root = str(self.store.root)
+        # a blob stored as its own file is not packed again; its bucket folder (ab/) must
+        # exist, and one listing of them spares a stat per blob where few are files
+        buckets = set(os.listdir(root))
         new = [sha for sha in self.store.packs.missing(list(self._blobs))
-               if not os.path.isfile(f"{root}/{sha[:2]}/{sha[2:4]}/{sha}")]  # (not pathlib: hot)
+               if sha[:2] not in buckets
+               or not os.path.isfile(f"{root}/{sha[:2]}/{sha[2:4]}/{sha}")]  # (not pathlib: hot)
         if new:
             self.store.write_packed([(sha, self._blobs[sha]) for sha in new])
         self._blobs.clear()

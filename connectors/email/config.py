@@ -90,9 +90,12 @@ class ImapConfig(ComponentConfig):
     batch_bytes: ByteSize = Field(default=50_000_000, description="A batch also ends once it "
                                   "holds this many bytes.")
     ack_every: int = Field(default=1000, ge=1, le=100_000, description="Committed mail is "
-                           "moved (or flagged) in one command once this many are waiting, and "
-                           "at the end of every pass; until then it waits in the folder, "
-                           "committed (a crash leaves it to the next run, never stored twice).")
+                           "moved (or flagged) in one command once this many are waiting (more "
+                           "while the previous command still runs: those waiting are merged), "
+                           "at the end of every pass, and after every batch once fewer than "
+                           "this many of a longer pass are left; until then it waits in the "
+                           "folder, committed (a crash leaves it to the next run, never stored "
+                           "twice).")
     stream_threshold: ByteSize = Field(default=4_000_000, description="Mails larger than this "
                                        "are fetched in chunks straight to the blob store.")
     blob_writers: int = Field(default=8, ge=1, le=64, description="Ignored: a batch's raw "

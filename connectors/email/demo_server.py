@@ -277,7 +277,10 @@ class Dovecot:
         owned = [maildir.parent, maildir, *(maildir / s for s in ("cur", "new", "tmp"))]
         stamp, n = int(time.time()), 0
         for n, raw in enumerate(messages, 1):
-            path = maildir / "new" / f"{stamp}.M{n}P{os.getpid()}.fbhub,S={len(raw)}"
+            # S= and W= (the size with CRLF line ends, RFC822.SIZE) as Dovecot's own delivery
+            # names them: without W= Dovecot reads the whole file to answer RFC822.SIZE
+            vsize = len(raw) + raw.count(b"\n") - raw.count(b"\r\n")
+            path = maildir / "new" / f"{stamp}.M{n}P{os.getpid()}.fbhub,S={len(raw)},W={vsize}"
             path.write_bytes(raw)
             owned.append(path)
         if os.geteuid() == 0:

@@ -59,6 +59,7 @@ class ImapSession:
         self.selected: str | None = None
         self.uidvalidity: int | None = None
         self.capabilities: set[bytes] = set()
+        self._fetches: fast_fetch.BodyFetches | None = None  # body FETCHes sent ahead
 
     # ------------------------------------------------------------------ connect
     def connect(self) -> ImapSession:
@@ -162,6 +163,7 @@ class ImapSession:
                 pass
         self.client = None
         self.selected = None
+        self._fetches = None
 
     # ------------------------------------------------------------------ folders
     def select(self, folder: str) -> dict[bytes, Any]:
@@ -205,13 +207,30 @@ class ImapSession:
                 out[uid] = (int(data.get(b"RFC822.SIZE", 0)), data.get(b"INTERNALDATE"))
         return out
 
-    def fetch_bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
-        """Whole messages, without setting \\Seen (BODY.PEEK[])."""
-        fast = fast_fetch.bodies(self.c, uids)
-        if fast is not None:
-            return fast
-        res = self.c.fetch(list(uids), ["BODY.PEEK[]"])
-        return {uid: data[b"BODY[]"] for uid, data in res.items() if b"BODY[]" in data}
+    def fetch_bodies(self, uids: Sequence[int], ahead: Sequence[int] = ()) -> dict[int, bytes]:
+        """Whole messages, without setting \\Seen (BODY.PEEK[]).
+
+        ``ahead``: the UIDs the next call will ask for. Their FETCH is sent now, before this
+        one's response is read, so the server prepares them meanwhile (pipelining). Until the
+        call that collects them, or :meth:`drain`, nothing else may use this connection.
+        """
+        fetches = self._fetches
+        if fetches is None or fetches.client is not self.c:
+            fetches = self._fetches = fast_fetch.BodyFetches(self.c)
+        if not fetches.sent_first(uids):
+            fetches.drain()  # something else was sent ahead: not what is asked now
+            if uids and not fetches.send(uids):
+                res = self.c.fetch(list(uids), ["BODY.PEEK[]"])
+                return {uid: data[b"BODY[]"] for uid, data in res.items() if b"BODY[]" in data}
+        if ahead:
+            fetches.send(ahead)
+        return fetches.collect() if uids else {}
+
+    def drain(self) -> None:
+        """Read the responses of FETCHes sent ahead and not collected (they are dropped), so
+        the connection can be used for something else."""
+        if self._fetches is not None and self.client is not None:
+            self._fetches.drain()
 
     def fetch_header(self, uid: int) -> bytes:
         """The header section of one message."""
@@ -238,7 +257,8 @@ class ImapSession:
         if not uids:
             return
         if self.has("MOVE"):
-            self.c.move(list(uids), target)
+            if fast_fetch.move(self.c, uids, target) is None:
+                self.c.move(list(uids), target)
             return
         self.c.copy(list(uids), target)
         self.c.add_flags(list(uids), [b"\\Deleted", b"\\Seen"], silent=True)
