@@ -6,24 +6,14 @@ from __future__ import annotations
 import math
 import random
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
 from connectors.base import BlobRef, RawRecord
 from normalizer.case import Case, Channel, Location, Origin, case_id_for
-from outbox.blobs import BlobStore
-from outbox.store import open_store
 from outbox.store.sql import CELL_DEG, SqlStore, box_cells, cell_of, neighbour_cells
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> SqlStore:
-    s = open_store(f"sqlite:///{tmp_path / 'hub.db'}", BlobStore(tmp_path / "blobs"))
-    yield s
-    s.close()
 
 
 def test_pending_raw_gives_back_what_was_ingested(store: SqlStore) -> None:

@@ -17,13 +17,6 @@ from outbox.store.sql import SqlStore, _dumps, idempotency_key
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> SqlStore:
-    s = open_store(f"sqlite:///{tmp_path / 'hub.db'}", BlobStore(tmp_path / "blobs"))
-    yield s
-    s.close()
-
-
 def raw(ref: str) -> RawRecord:
     return RawRecord(source="src", channel=Channel.forward, source_ref=ref, received_at=T0,
                      payload={"record": {"title": ref}})
