@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,14 +63,26 @@ def cli() -> CliRunner:
 
 def wait_for(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
     """Poll ``pred`` every 0.1 s until it holds or ``timeout`` seconds pass."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return True
         time.sleep(0.1)
     return False
+
+
+def settled(count: Callable[[], int], quiet: float = 0.5, timeout: float = 20.0) -> int:
+    """Return ``count()`` once it has not changed for ``quiet`` seconds (or at ``timeout``).
+
+    For servers that may still be receiving what a killed process wrote before it died.
+    """
+    value, since, deadline = count(), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = count()
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ resets after sending, crashes between the POST and the receipt) are reconciled t
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -146,7 +145,7 @@ def test_crash_between_post_and_receipt_is_reconciled_on_restart(tmp_path: Path,
                                                                  open311) -> None:
     from hub.config import load_config
     from hub.pipeline import Hub
-    from tests.conftest import write_config
+    from tests.conftest import settled, write_config
 
     cfg = write_config(tmp_path, sinks=[open311_sink(open311)],
                        delivery={"backoff_initial": "1s", "max_attempts": 5})
@@ -156,11 +155,7 @@ def test_crash_between_post_and_receipt_is_reconciled_on_restart(tmp_path: Path,
     assert crashed.returncode == -9
     # calls running on other threads at the kill may still be finishing in the server: count
     # the requests it created once that number has stopped changing
-    created, stable_since = len(open311.requests), time.monotonic()
-    while time.monotonic() - stable_since < 0.5:
-        time.sleep(0.05)
-        if len(open311.requests) != created:
-            created, stable_since = len(open311.requests), time.monotonic()
+    created = settled(lambda: len(open311.requests))
     # receipts are committed per chunk of concurrent calls: the crash came before the first
     # chunk's commit, so none was recorded although the remote created these requests
     assert created >= 4

@@ -195,7 +195,7 @@ def test_crash_between_post_and_receipt_resends_with_the_same_key(tmp_path, cli,
                                                                    webhook) -> None:
     from hub.config import load_config
     from hub.pipeline import Hub
-    from tests.conftest import write_config
+    from tests.conftest import settled, write_config
 
     cfg = write_config(tmp_path, sinks=[webhook_sink(webhook)])
     with Hub(load_config(cfg)) as hub:
@@ -204,11 +204,7 @@ def test_crash_between_post_and_receipt_resends_with_the_same_key(tmp_path, cli,
     assert crashed.returncode == -9
     # requests already written at the kill may still be arriving (the kernel sends what the
     # process wrote before it died): count what was stored once that has stopped changing
-    before, stable_since = len(webhook.created), time.monotonic()
-    while time.monotonic() - stable_since < 0.5:
-        time.sleep(0.05)
-        if len(webhook.created) != before:
-            before, stable_since = len(webhook.created), time.monotonic()
+    before = settled(lambda: len(webhook.created))
     assert before >= 4  # reached the receiver; receipts are committed per chunk, so none was
     res = cli(cfg, "run", "--once", "--json")
     assert res.returncode == 0, res.stderr
@@ -281,7 +277,6 @@ def test_a_chunk_that_waited_past_the_lease_margin_is_released_unattempted(
     """Two chunks in flight, a third must wait for the first: when that wait ends after the
     deadline of the third's claim, its rows are released before their attempts are written
     and never sent; the first chunk's receipts are still committed."""
-    import time
 
     from hub.pipeline import DeliverStats, _SinkFlow
     from outbox.store.timefmt import now_utc
