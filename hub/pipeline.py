@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import random
 import socket
@@ -508,7 +509,9 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
                 if name not in flows:
                     flows[name] = _SinkFlow(hub, hub.sink(name), stats, now_fn, policy.lease)
                 flow = flows[name]
-                flow.feed(rows, deadline - 2 * flow.slowest)
+                # no new chunk after the deadline minus two of the longest calls, and no
+                # queued call starts after it minus one (such a call comes back unstarted)
+                flow.feed(rows, deadline - 2 * flow.slowest, deadline - flow.slowest)
             done += len(claimed)
             if progress:
                 progress("deliver", done, None)
@@ -525,6 +528,17 @@ def deliver(hub: Hub, *, limit: int | None = None, sinks: Sequence[str] | None =
     return stats
 
 
+class _NotStarted:
+    """The outcome of a queued call that was not started before its chunk's ``start_by``:
+    nothing went out, so its recorded attempt is withdrawn and the row given back."""
+
+    def __repr__(self) -> str:
+        return "NOT_STARTED"
+
+
+NOT_STARTED = _NotStarted()
+
+
 @dataclass
 class _Attempt:
     """One prepared attempt: the claimed row, what the sink gets, and the outcome."""
@@ -537,9 +551,18 @@ class _Attempt:
     seconds: float = 0.0
 
 
-def _call(sink: Sink, attempts: list[_Attempt]) -> None:
-    """Run the sink for some attempts and keep each outcome (never raises)."""
+#: A call queued on a pool: its attempts, where it comes back, when it may start at the latest.
+_Queued = tuple[list["_Attempt"], "SimpleQueue[list[_Attempt]]", float]
+
+
+def _call(sink: Sink, attempts: list[_Attempt], start_by: float = math.inf) -> None:
+    """Run the sink for some attempts and keep each outcome (never raises); after
+    ``start_by`` the sink is not called and every outcome is :data:`NOT_STARTED`."""
     started = time.monotonic()
+    if started > start_by:
+        for a in attempts:
+            a.outcome = NOT_STARTED
+        return
     try:
         if len(attempts) == 1:
             outcomes: list[Any] = [sink.deliver(attempts[0].delivery)]
@@ -564,8 +587,7 @@ class CallPool:
     def __init__(self, sink: Sink, workers: int) -> None:
         self.sink = sink
         self.workers = workers
-        self._todo: SimpleQueue[tuple[list[_Attempt], SimpleQueue[list[_Attempt]]] | None] = \
-            SimpleQueue()
+        self._todo: SimpleQueue[_Queued | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
 
     def _work(self) -> None:
@@ -573,14 +595,16 @@ class CallPool:
             item = self._todo.get()
             if item is None:
                 return
-            calls, done = item
+            calls, done, start_by = item
             try:
-                _call(self.sink, calls)
+                _call(self.sink, calls, start_by)
             finally:
                 done.put(calls)
 
-    def start(self, calls: list[list[_Attempt]]) -> Iterator[list[_Attempt]]:
-        """Queue the calls; iterate to get each one as it completes."""
+    def start(self, calls: list[list[_Attempt]], start_by: float = math.inf
+              ) -> Iterator[list[_Attempt]]:
+        """Queue the calls; iterate to get each one as it completes. A call still queued at
+        ``start_by`` (``time.monotonic()``) is not made: it comes back :data:`NOT_STARTED`."""
         while len(self._threads) < min(self.workers, len(calls)):
             t = threading.Thread(target=self._work, daemon=True, name=f"deliver-"
                                  f"{getattr(self.sink, 'name', '?')}-{len(self._threads)}")
@@ -588,7 +612,7 @@ class CallPool:
             self._threads.append(t)
         done: SimpleQueue[list[_Attempt]] = SimpleQueue()
         for c in calls:
-            self._todo.put((c, done))
+            self._todo.put((c, done, start_by))
         return (done.get() for _ in range(len(calls)))
 
     def close(self) -> None:
@@ -641,8 +665,8 @@ class MuxPool:
         self.workers = workers
         self._mux = mux
         self._wake_r, self._wake_w = wake
-        self._todo: SimpleQueue[tuple[list[_Attempt], SimpleQueue[list[_Attempt]]] | None] = \
-            SimpleQueue()
+        self._todo: SimpleQueue[tuple[list[list[_Attempt]], SimpleQueue[list[_Attempt]],
+                                      float] | None] = SimpleQueue()
         self._thread: threading.Thread | None = None
 
     @classmethod
@@ -675,7 +699,7 @@ class MuxPool:
             pass
 
     def _work(self) -> None:
-        backlog: deque[tuple[list[_Attempt], SimpleQueue[list[_Attempt]]]] = deque()
+        backlog: deque[_Queued] = deque()
         flying: dict[int, tuple[list[_Attempt], SimpleQueue[list[_Attempt]]]] = {}
         stop = False
         while True:
@@ -688,12 +712,16 @@ class MuxPool:
                     if item is None:
                         stop = True
                     else:
-                        backlog.extend((call, item[1]) for call in item[0])
+                        backlog.extend((call, item[1], item[2]) for call in item[0])
                 self._drain_wake()
                 if stop and not backlog and not flying:
                     return
                 while backlog and self._mux.free() > 0:
-                    call, done = backlog.popleft()
+                    call, done, start_by = backlog.popleft()
+                    if time.monotonic() > start_by:  # too late to start it inside the lease
+                        call[0].outcome = NOT_STARTED
+                        done.put(call)
+                        continue
                     try:
                         self._mux.send(id(call), call[0].delivery)
                     except Exception as exc:  # this delivery cannot be sent (a sink bug)
@@ -709,7 +737,7 @@ class MuxPool:
                 logger.error("delivery multiplexer failed", exc_info=True,
                              extra={"sink": getattr(self.sink, "name", "?")})
                 self._mux.close()
-                for call, done in [*flying.values(), *backlog]:
+                for call, done, *_ in [*flying.values(), *backlog]:
                     call[0].outcome = exc
                     done.put(call)
                 flying.clear()
@@ -718,14 +746,15 @@ class MuxPool:
                 if self._mux is None:
                     raise
 
-    def start(self, calls: list[list[_Attempt]]) -> Iterator[list[_Attempt]]:
-        """Queue the calls; iterate to get each one as it completes."""
+    def start(self, calls: list[list[_Attempt]], start_by: float = math.inf
+              ) -> Iterator[list[_Attempt]]:
+        """Queue the calls; iterate to get each one as it completes (:meth:`CallPool.start`)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, daemon=True,
                                             name=f"deliver-{getattr(self.sink, 'name', '?')}")
             self._thread.start()
         done: SimpleQueue[list[_Attempt]] = SimpleQueue()
-        self._todo.put((calls, done))
+        self._todo.put((calls, done, start_by))
         self._wake()
         return (done.get() for _ in range(len(calls)))
 
@@ -741,15 +770,18 @@ class MuxPool:
         os.close(self._wake_w)
 
 
-def _start_calls(sink: Sink, calls: list[list[_Attempt]], pool: CallPool | MuxPool | None
-                 ) -> Iterator[list[_Attempt]]:
-    """Start the calls on ``pool``, or (without one) run them in order as they are iterated."""
-    return pool.start(calls) if pool is not None else _run_in_order(sink, calls)
+def _start_calls(sink: Sink, calls: list[list[_Attempt]], pool: CallPool | MuxPool | None,
+                 start_by: float = math.inf) -> Iterator[list[_Attempt]]:
+    """Start the calls on ``pool``, or (without one) run them in order as they are iterated;
+    none starts after ``start_by``."""
+    return pool.start(calls, start_by) if pool is not None else \
+        _run_in_order(sink, calls, start_by)
 
 
-def _run_in_order(sink: Sink, calls: list[list[_Attempt]]) -> Iterator[list[_Attempt]]:
+def _run_in_order(sink: Sink, calls: list[list[_Attempt]], start_by: float = math.inf
+                  ) -> Iterator[list[_Attempt]]:
     for c in calls:
-        _call(sink, c)
+        _call(sink, c, start_by)
         yield c
 
 
@@ -823,11 +855,15 @@ class _SinkFlow:
         #: started chunks, oldest first (two at most: one finishing while the next runs)
         self.flying: deque[Iterator[list[_Attempt]]] = deque()
 
-    def feed(self, rows: list[ClaimedDelivery], deadline: float = float("inf")) -> None:
-        """Deliver claimed rows; rows not started before ``deadline`` are released.
+    def feed(self, rows: list[ClaimedDelivery], deadline: float = math.inf,
+             start_by: float = math.inf) -> None:
+        """Deliver claimed rows; chunks not started before ``deadline`` are released, and a
+        call still queued behind others at ``start_by`` is not made (its attempt is
+        withdrawn and its row given back).
 
-        The deadline keeps every call inside the claim's lease: a row whose lease ran out
-        could be claimed by another worker while it still waits here.
+        Both keep every call inside the claim's lease: a row whose lease ran out could be
+        claimed by another worker while it still waits here, and an Open311 server has no
+        idempotency key to see that the same case came twice.
         """
         hub, stats, now_fn = self.hub, self.stats, self.now_fn
         chunk = self.chunk
@@ -844,7 +880,8 @@ class _SinkFlow:
                 continue
             if self.pool is None:  # strictly one after another: finish before preparing more
                 prepared = _prepare_many(hub, part, stats, now_fn)
-                _finish(hub, _start_calls(self.sink, self._calls(prepared), None), stats, now_fn)
+                _finish(hub, _start_calls(self.sink, self._calls(prepared), None, start_by),
+                        stats, now_fn)
                 continue
             prepared = _prepare_many(hub, part, stats, now_fn, record=False)
             if len(self.flying) < 2:
@@ -857,7 +894,8 @@ class _SinkFlow:
                     self._release(rows[i:])  # not attempted: their attempts were not written
                     return
                 _commit(hub, receipts, stats, start=prepared)
-            self.flying.append(_start_calls(self.sink, self._calls(prepared), self.pool))
+            self.flying.append(_start_calls(self.sink, self._calls(prepared), self.pool,
+                                            start_by))
 
     def _release(self, rows: list[ClaimedDelivery]) -> None:
         for d in rows:
@@ -926,6 +964,11 @@ def _record(hub: Hub, a: _Attempt, stats: DeliverStats, now_fn: Callable[[], dat
             receipts: list[Any] | None = None) -> None:
     """Record one outcome: receipt (now, or appended to ``receipts``), retry or dead letter."""
     d, outcome = a.row, a.outcome
+    if outcome is NOT_STARTED:
+        hub.store.withdraw_attempt(d, hub.worker_id)
+        logger.warning("lease nearly over, queued call not started, row given back",
+                       extra={"sink": d.sink, "outbox_id": d.id})
+        return
     if isinstance(outcome, DeliveryError):
         err = outcome.as_dict()
         err["attempt"] = d.attempts + 1

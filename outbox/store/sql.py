@@ -638,6 +638,21 @@ class SqlStore:
                                {"sink": d.sink, "dead_letter": dl})
         return dl
 
+    def withdraw_attempt(self, d: ClaimedDelivery, worker: str) -> None:
+        """Undo an attempt that was recorded but never made (its call was not started before
+        the claim's lease margin ran out) and give the row back, as it was when claimed.
+
+        A no-op when the claim is no longer this worker's: then another worker has the row.
+        """
+        first = ts(d.first_attempt_at) if d.first_attempt_at else None
+        with self._write_tx() as cur:
+            self._exec(cur, "UPDATE outbox SET attempts = ?, first_attempt_at = ?, "
+                            "last_attempt_at = CASE WHEN ? = 0 THEN NULL ELSE last_attempt_at "
+                            "END, state = CASE WHEN ? = 0 THEN 'pending' ELSE 'retrying' END, "
+                            "claimed_by = NULL, claimed_until = NULL WHERE id = ? AND "
+                            "claimed_by = ? AND state = 'in_flight'",
+                       (d.attempts, first, d.attempts, d.attempts, d.id, worker))
+
     def release(self, d: ClaimedDelivery) -> None:
         """Give a claimed row back untouched (shutdown)."""
         with self._write_tx() as cur:

@@ -219,3 +219,37 @@ def test_webhook_batching_through_the_delivery_loop(make_hub, webhook) -> None:
     assert deliver(hub).delivered == GOOD
     assert webhook.requests == 3 and len(webhook.created) == GOOD
     assert webhook.redeliveries() == 0
+
+
+def test_calls_still_queued_at_the_lease_margin_are_not_made(make_hub, open311) -> None:
+    """Open311 has no idempotency key, so a call must never start after its claim's lease
+    margin (another worker may have the row by then): on the thread pool, calls still queued
+    behind slow ones at ``start_by`` are not made, their recorded attempts are withdrawn and
+    the rows given back untouched; the next run posts each of them once."""
+    import time
+
+    from hub.pipeline import CallPool, DeliverStats, _SinkFlow
+    from outbox.store.timefmt import now_utc
+
+    hub = make_hub([open311_sink(open311, concurrency=2)])
+    seed(hub)
+    open311.inject(("slow", 0.3), ("slow", 0.3))  # both threads busy for 0.3 s
+    rows = hub.store.claim_due(hub.worker_id, 8, 300)
+    flow = _SinkFlow(hub, hub.sink("city311"), DeliverStats(), now_utc, lease=300)
+    assert isinstance(flow.pool, CallPool) and flow.chunk == 8
+    try:
+        flow.feed(rows, start_by=time.monotonic() + 0.1)
+        flow.drain()
+    finally:
+        flow.close()
+    state = {r["id"]: r for r in outbox_rows(hub)}
+    made = [d for d in rows if state[d.id]["state"] == "delivered"]
+    given_back = [d for d in rows if state[d.id]["state"] == "pending"]
+    assert len(made) == 2 and len(open311.requests) == 2 and open311.posts == 2
+    assert len(given_back) == 6
+    assert all(state[d.id]["attempts"] == 0 and state[d.id]["claimed_by"] is None
+               and state[d.id]["first_attempt_at"] is None for d in given_back)
+    _drain(hub)
+    assert len(open311.requests) == GOOD and open311.duplicates() == 0
+    # the withdrawn attempts were never made: no reconciliation GET was needed for them
+    assert all(r["attempts"] == 1 for r in outbox_rows(hub))

@@ -301,3 +301,30 @@ def test_a_chunk_that_waited_past_the_lease_margin_is_released_unattempted(
                for d in rows[16:])
     assert not {d.idempotency_key for d in rows[16:]} & set(webhook.keys)
     assert len(webhook.created) == 16
+
+
+def test_calls_still_queued_on_the_multiplexer_at_the_lease_margin_are_not_made(
+        make_hub, webhook) -> None:
+    """The multiplexer keeps calls queued until a connection is free: one still queued at
+    ``start_by`` is not sent; its attempt is withdrawn and the row given back untouched."""
+    from hub.pipeline import DeliverStats, MuxPool, _SinkFlow
+    from outbox.store.timefmt import now_utc
+
+    hub = make_hub([webhook_sink(webhook, concurrency=2)])
+    seed(hub)
+    webhook.inject(("slow", 0.3), ("slow", 0.3))  # both connections busy for 0.3 s
+    rows = hub.store.claim_due(hub.worker_id, 8, 300)
+    flow = _SinkFlow(hub, hub.sink("workorders"), DeliverStats(), now_utc, lease=300)
+    assert isinstance(flow.pool, MuxPool)
+    try:
+        flow.feed(rows, start_by=time.monotonic() + 0.1)
+        flow.drain()
+    finally:
+        flow.close()
+    state = {r["id"]: r for r in outbox_rows(hub)}
+    given_back = [d for d in rows if state[d.id]["state"] == "pending"]
+    assert sum(state[d.id]["state"] == "delivered" for d in rows) == 2
+    assert len(given_back) == 6 and len(webhook.created) == 2
+    assert all(state[d.id]["attempts"] == 0 and state[d.id]["claimed_by"] is None
+               for d in given_back)
+    assert not {d.idempotency_key for d in given_back} & set(webhook.keys)

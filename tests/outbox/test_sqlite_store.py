@@ -182,3 +182,23 @@ def test_delivered_case_json_keeps_integers_beyond_64_bits(store: SqlStore) -> N
     assert body["extra"] == {"upstream_id": 123456789012345678901234, "small": 7,
                              "text": "编号"}
     assert isinstance(body["extra"]["upstream_id"], int)
+
+
+def test_withdrawn_attempt_restores_a_retried_row(store: SqlStore) -> None:
+    """Withdrawing an attempt that was never made gives a row that had failed before back
+    as it was claimed: its earlier attempt count and first attempt time, state retrying."""
+    with store.process_tx() as tx:
+        tx.save_case(case("w"), None, ["s"])
+    now = datetime.now(timezone.utc)
+    (d,) = store.claim_due("w:1", 1, 60, now)
+    store.start_attempts([d.id], "w:1", now)
+    store.retry_delivery(d, {"reason": "HTTP 503", "attempt": 1}, now)
+    (before,) = store.query("SELECT first_attempt_at, last_attempt_at FROM outbox")
+    (d,) = store.claim_due("w:1", 1, 60, now + timedelta(seconds=1))
+    store.start_attempts([d.id], "w:1", now + timedelta(seconds=1))
+    store.withdraw_attempt(d, "w:1")
+    (row,) = store.query("SELECT state, attempts, claimed_by, first_attempt_at, "
+                         "last_attempt_at FROM outbox")
+    assert row["state"] == "retrying" and row["attempts"] == 1 and row["claimed_by"] is None
+    assert row["first_attempt_at"] == before["first_attempt_at"] is not None
+    assert store.claim_due("w:2", 1, 60, now + timedelta(seconds=2))[0].attempts == 1

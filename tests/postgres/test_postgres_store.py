@@ -208,3 +208,29 @@ def test_one_statement_claim_takes_what_the_portable_claim_takes(tmp_path: Path,
         assert hub.store.claim_due("c:1", 5, 60, now) == []
     finally:
         hub.close()
+
+
+def test_withdrawn_attempts_give_rows_back_as_claimed(tmp_path: Path, pg_url: str) -> None:
+    """An attempt recorded but never made (its call was not started inside the lease) is
+    undone; a row another worker has claimed meanwhile is left alone."""
+    hub = _hub(tmp_path, pg_url)
+    try:
+        seed_cases(hub, 3)
+        rows = hub.store.claim_due("a:1", 3, 60)
+        hub.store.start_attempts([d.id for d in rows], "a:1")
+        mine, taken, _ = rows
+        with hub.store._write_tx() as cur:  # the claim ran out and b:1 took this row
+            hub.store._exec(cur, "UPDATE outbox SET claimed_by = 'b:1' WHERE id = ?",
+                            (taken.id,))
+        hub.store.withdraw_attempt(mine, "a:1")
+        hub.store.withdraw_attempt(taken, "a:1")
+        got = {r["id"]: r for r in hub.store.query(
+            "SELECT id, state, attempts, claimed_by, first_attempt_at, last_attempt_at "
+            "FROM outbox")}
+        assert got[mine.id] == {"id": mine.id, "state": "pending", "attempts": 0,
+                                "claimed_by": None, "first_attempt_at": None,
+                                "last_attempt_at": None}
+        assert got[taken.id]["claimed_by"] == "b:1" and got[taken.id]["attempts"] == 1
+        assert [d.id for d in hub.store.claim_due("c:1", 5, 60)] == [mine.id]
+    finally:
+        hub.close()
