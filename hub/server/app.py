@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.config import HubConfig
 from hub.logsetup import redact
-from hub.server.auth import NonceCache, check_hmac
+from hub.server.auth import SignatureLedger, check_hmac
 from hub.server.intake import Intake, IntakeBusy, IntakeResponse, RecordsBatch, field_errors
 from hub.server.metrics import Metrics
 from hub.server.open311_api import build_router, geo_error, load_services
@@ -89,7 +89,7 @@ class State:
         self.lock = threading.Lock()
         self.intake = Intake(hub, config.server.source, self.lock)
         self.metrics = Metrics(hub, self.lock)
-        self.nonces = NonceCache(config.server.replay_window)
+        self.signatures = SignatureLedger(hub.store, self.lock, config.server.replay_window)
         self.services = load_services(config)
 
     async def read_body(self, request: Request) -> bytes | None:
@@ -204,7 +204,8 @@ def create_app(config: HubConfig, hub: Any = None) -> FastAPI:
             m.refused.labels("records", problem).inc()
             logger.warning("intake refused", extra={"reason": problem, "key_id": key_id})
             return JSONResponse({"error": "unauthorized"}, status_code=401)
-        if not state.nonces.check_and_add(request.headers[SIGNATURE_HEADER]):
+        if not await run_in_threadpool(state.signatures.check_and_add,
+                                       request.headers[SIGNATURE_HEADER]):
             m.refused.labels("records", "replayed").inc()
             return JSONResponse({"error": "request already received; sign each request "
                                  "anew"}, status_code=409)

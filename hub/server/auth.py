@@ -6,46 +6,51 @@ goes to logs and metrics only.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydantic import SecretStr
 
 from outbox.sinks.signing import KEY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 
-class NonceCache:
-    """Signatures seen within the replay window (a replayed request is refused).
+class SignatureLedger:
+    """Signatures seen within the replay window, kept in the store (a replayed request is
+    refused by every ``serve`` process that shares the store, on any host).
 
-    In memory, per server process: run one ``serve`` process per host, or put a sticky load
-    balancer in front; an honest client retrying signs again (new timestamp, new signature) and
-    still gets the same references back, because intake is idempotent on the upstream id.
+    Each accepted signature takes a row in the store's ``locks`` table named by its SHA-256,
+    held for twice the window (a timestamp may be up to one window in the future); expired
+    rows are purged about once a minute. An honest client retrying signs again (new
+    timestamp, new signature) and still gets the same references back, because intake is
+    idempotent on the upstream id.
     """
 
-    def __init__(self, window: float, max_entries: int = 200_000) -> None:
-        self.window = window
-        self.max_entries = max_entries
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
+    PREFIX = "intake-signature:"
 
-    def check_and_add(self, signature: str, now: float | None = None) -> bool:
+    def __init__(self, store: Any, lock: threading.Lock, window: float,
+                 purge_every: float = 60.0) -> None:
+        self.store = store
+        self.lock = lock
+        self.window = window
+        self.purge_every = purge_every
+        self._purged = time.monotonic()
+
+    def check_and_add(self, signature: str) -> bool:
         """Remember a signature; False when it was already seen and has not expired."""
-        now = time.time() if now is None else now
-        with self._lock:
-            expires = self._seen.get(signature)
-            if expires is not None and expires > now:
-                return False
-            if len(self._seen) >= self.max_entries:
-                for k in [k for k, v in self._seen.items() if v <= now]:
-                    del self._seen[k]
-                if len(self._seen) >= self.max_entries:  # still full: drop the oldest
-                    for k in list(self._seen)[: self.max_entries // 10]:
-                        del self._seen[k]
-            # a timestamp may be up to `window` in the future: keep it for twice that
-            self._seen[signature] = now + 2 * self.window
-            return True
+        name = self.PREFIX + hashlib.sha256(signature.encode()).hexdigest()
+        with self.lock:
+            if time.monotonic() - self._purged >= self.purge_every:
+                self.store.purge_expired_locks(self.PREFIX)
+                self._purged = time.monotonic()
+            # a fresh owner each time: a second request with the same signature never
+            # renews the first one's row, it finds it held
+            return bool(self.store.acquire_lock(name, f"signature/{uuid.uuid4().hex}",
+                                                2 * self.window))
 
 
 def check_hmac(headers: Mapping[str, str], body: bytes, secrets: Mapping[str, SecretStr],

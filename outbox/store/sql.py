@@ -810,6 +810,13 @@ class SqlStore:
             row = cur.fetchone()
         return row is not None
 
+    def purge_expired_locks(self, prefix: str) -> int:
+        """Delete the expired locks whose name starts with ``prefix``; how many went."""
+        with self._write_tx() as cur:
+            self._exec(cur, "DELETE FROM locks WHERE substr(name, 1, ?) = ? AND expires_at < ?",
+                       (len(prefix), prefix, ts(now_utc())))
+            return int(cur.rowcount or 0)
+
     def release_lock(self, name: str, owner: str) -> None:
         """Release a lock held by ``owner``."""
         with self._write_tx() as cur:

@@ -234,3 +234,26 @@ def test_withdrawn_attempts_give_rows_back_as_claimed(tmp_path: Path, pg_url: st
         assert [d.id for d in hub.store.claim_due("c:1", 5, 60)] == [mine.id]
     finally:
         hub.close()
+
+
+def test_intake_signatures_are_shared_and_purged_on_postgres(tmp_path: Path,
+                                                              pg_url: str) -> None:
+    import threading
+    import time
+
+    from hub.server.auth import SignatureLedger
+
+    hub = _hub(tmp_path, pg_url)
+    other = open_store(pg_url, hub.blobs)
+    try:
+        one = SignatureLedger(hub.store, threading.Lock(), window=0.05, purge_every=0)
+        two = SignatureLedger(other, threading.Lock(), window=0.05, purge_every=0)
+        assert one.check_and_add("v1=pg") and not two.check_and_add("v1=pg")
+        time.sleep(0.15)
+        assert two.check_and_add("v1=later")  # purges v1=pg's expired row first
+        names = [r["name"] for r in hub.store.query(
+            "SELECT name FROM locks WHERE name LIKE 'intake-signature:%'")]
+        assert len(names) == 1
+    finally:
+        other.close()
+        hub.close()

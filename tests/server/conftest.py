@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,14 @@ def server_hub(tmp_path: Path) -> Iterator[Hub]:
 @pytest.fixture
 def client(server_hub: Hub) -> Iterator[httpx.Client]:
     """A real uvicorn server on a free loopback port, and an HTTP client talking to it."""
-    app = create_app(server_hub.config, hub=server_hub)
+    with serving(server_hub) as c:
+        yield c
+
+
+@contextmanager
+def serving(hub: Hub) -> Iterator[httpx.Client]:
+    """Serve ``hub``'s app with uvicorn on a free loopback port; yield a client for it."""
+    app = create_app(hub.config, hub=hub)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from hub.pipeline import deliver
+from hub.pipeline import Hub, deliver
 from tests.conftest import jsonl_lines
 from tests.server.conftest import record, signed
 
@@ -80,6 +80,43 @@ def test_replayed_request_is_refused(client, server_hub) -> None:
     again = client.post("/v1/records", content=body, headers=headers)
     assert again.status_code == 409
     assert _count(server_hub, "raw_records") == 1
+
+
+def test_replay_is_refused_by_another_server_process_on_the_same_store(client,
+                                                                       server_hub) -> None:
+    """The signatures seen live in the store, so a request replayed to a second ``serve``
+    (another process or host behind the load balancer) is refused as well."""
+    from tests.server.conftest import serving
+
+    body, headers = signed({"records": [record(1)]})
+    assert client.post("/v1/records", content=body, headers=headers).status_code == 202
+    other = Hub(server_hub.config)
+    try:
+        with serving(other) as second:
+            assert second.post("/v1/records", content=body, headers=headers).status_code == 409
+            # an honest retry signs again (timestamps have whole seconds: a later one)
+            fresh_body, fresh_headers = signed({"records": [record(1)]}, now=time.time() + 1)
+            again = second.post("/v1/records", content=fresh_body, headers=fresh_headers)
+            assert again.status_code == 202 and again.json()["records"][0]["status"] == \
+                "duplicate"
+    finally:
+        other.close()
+    assert _count(server_hub, "raw_records") == 1
+
+
+def test_signature_ledger_forgets_expired_signatures(server_hub) -> None:
+    import threading
+
+    from hub.server.auth import SignatureLedger
+
+    ledger = SignatureLedger(server_hub.store, threading.Lock(), window=0.05, purge_every=0)
+    assert ledger.check_and_add("v1=aa") and not ledger.check_and_add("v1=aa")
+    assert ledger.check_and_add("v1=bb")
+    time.sleep(0.15)  # both held for twice the window, now expired
+    assert ledger.check_and_add("v1=cc")  # purges the expired rows first
+    names = [r["name"] for r in server_hub.store.query("SELECT name FROM locks")]
+    assert len(names) == 1 and names[0].startswith(SignatureLedger.PREFIX)
+    assert ledger.check_and_add("v1=aa")  # its time is over: a stale timestamp anyway
 
 
 def test_oversized_body_is_413(client, server_hub) -> None:
