@@ -27,14 +27,28 @@ from normalizer.case import Channel
 from tests.conftest import REPO, write_config
 
 WORKER = """
-import json, sys, time
+import json, os, sys, time
 from hub.config import load_config
-from hub.pipeline import Hub, process
-cfg, start, wait = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+from hub.pipeline import PROCESS_LEASE, Hub, process
+cfg, start, wait, role, gate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), *sys.argv[4:]
 hub = Hub(load_config(cfg))
 hub.enrichers  # built before the start line, like a running worker
-time.sleep(max(0.0, start - time.time()))
+if role == "holder":  # takes the stage, then reads no batch before the other one has tried
+    read = hub.store.pending_raw
+    def gated(*args, **kwargs):
+        deadline = time.monotonic() + 120
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return read(*args, **kwargs)
+    hub.store.pending_raw = gated
+if role == "second":  # tries the stage once the holder has it
+    while not hub.store.query("SELECT 1 FROM locks WHERE name = ?", (PROCESS_LEASE,)):
+        time.sleep(0.005)
+else:
+    time.sleep(max(0.0, start - time.time()))
 s = process(hub, wait=wait)
+if role == "second":
+    open(gate, "w").close()
 print(json.dumps({"seen": s.seen, "new": s.cases_new, "refreshed": s.cases_refreshed,
                   "busy": s.busy}))
 hub.close()
@@ -54,19 +68,25 @@ def seed_raw(hub: Hub, n: int) -> None:
         hub.store.commit_ingest("city-app", recs[i:i + 500])
 
 
-def run_two_workers(cfg: Path, wait: float) -> list[dict[str, Any]]:
+def run_two_workers(cfg: Path, wait: float, overlap: bool = False) -> list[dict[str, Any]]:
+    """Two worker processes run ``process`` from the same start line; with ``overlap`` the
+    second one is sure to try while the first holds the stage (the first reads no batch
+    until the second's pass has ended)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     start = time.time() + 4.0
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(cfg), str(start), str(wait)],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    gate = cfg.parent / "second-worker-done"
+    roles = ("holder", "second") if overlap else ("free", "free")
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(cfg), str(start), str(wait),
+                               role, str(gate)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for role in roles]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     return [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
 
 
-def check_each_record_processed_once(cfg: Path, n: int, wait: float) -> list[dict[str, Any]]:
-    results = run_two_workers(cfg, wait)
+def check_each_record_processed_once(cfg: Path, n: int, wait: float, overlap: bool = False
+                                     ) -> list[dict[str, Any]]:
+    results = run_two_workers(cfg, wait, overlap)
     assert sum(r["seen"] for r in results) == n, results
     assert sum(r["new"] for r in results) == n, results
     assert all(r["refreshed"] == 0 for r in results), results  # nobody mapped a record twice
@@ -84,7 +104,7 @@ def test_two_workers_at_once_process_each_record_once(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     with Hub(load_config(cfg)) as hub:
         seed_raw(hub, n)
-    results = check_each_record_processed_once(cfg, n, wait=0.0)
+    results = check_each_record_processed_once(cfg, n, wait=0.0, overlap=True)
     # they overlapped: one did the work, the other found the stage busy and left
     assert sorted(bool(r["busy"]) for r in results) == [False, True], results
 

@@ -167,7 +167,7 @@ def test_two_workers_process_each_record_once_on_postgres(tmp_path: Path, pg_url
     cfg = write_config(tmp_path, store=pg_url)
     with Hub(load_config(cfg)) as hub:
         seed_raw(hub, n)
-    results = check_each_record_processed_once(cfg, n, wait=0.0)
+    results = check_each_record_processed_once(cfg, n, wait=0.0, overlap=True)
     assert sorted(bool(r["busy"]) for r in results) == [False, True], results
 
 
