@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hub.access_code import access_code
 from hub.config import ConfigError, HubConfig, load_config
 from hub.logsetup import redact, setup_logging
 
@@ -349,9 +350,15 @@ def cases_show(c: Ctx, ref: str, as_json: bool) -> None:
         raise SystemExit(EXIT_NOT_FOUND)
     timeline = store.timeline(case.case_id)
     deliveries = store.deliveries(case.case_id)
+    secret = c.config.server.progress_secret
+    code = access_code(secret.get_secret_value(), case.reference) \
+        if secret is not None and case.reference else None
     if as_json:
-        out.print_json(json.dumps({"case": case.model_dump(mode="json"), "timeline": timeline,
-                                   "deliveries": deliveries}, ensure_ascii=False, default=str))
+        doc = {"case": case.model_dump(mode="json"), "timeline": timeline,
+               "deliveries": deliveries}
+        if code:
+            doc["access_code"] = code
+        out.print_json(json.dumps(doc, ensure_ascii=False, default=str))
         return
     cl, u, dl = case.classification, case.urgency, case.deadlines
     lines = [
@@ -373,6 +380,8 @@ def cases_show(c: Ctx, ref: str, as_json: bool) -> None:
         f"reporter    {redact(case.reporter.name or '-')} {redact(case.reporter.phone or '')} "
         f"{redact(case.reporter.email or '')}",
     ]
+    if code:
+        lines.append(f"access code {code}  (the resident's code for the progress page)")
     if case.review.needs_review:
         lines.append("review      " + "; ".join(f"{f.code}: {f.reason}"
                                                 for f in case.review.flags))

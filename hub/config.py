@@ -82,6 +82,10 @@ class ServerConfig(StrictModel):
     max_body: int = Field(default=1_048_576, ge=1024, description="Largest request body (bytes).")
     replay_window: Duration = Field(default=300.0, description="Accepted clock skew / age of a "
                                     "signed request's timestamp.")
+    progress_secret: SecretStr | None = Field(
+        default=None, description="When set, GET /v1/cases/{reference} also needs ?code= with "
+        "the case's access code (derived from this secret; in the intake answer and `cases "
+        "show`), so sequential references cannot be walked. Unset: reference alone.")
 
 
 class ProcessPolicy(StrictModel):

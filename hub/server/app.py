@@ -23,13 +23,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from hub.access_code import access_code
+from hub.access_code import check as check_code
 from hub.config import HubConfig
 from hub.logsetup import redact
 from hub.server.auth import SignatureLedger, check_hmac
@@ -233,6 +235,11 @@ def create_app(config: HubConfig, hub: Any = None) -> FastAPI:
             seen.add(rid)
         records = [r.model_dump(exclude_none=True) for r in batch.records]
         results = await run_in_threadpool(state.intake.submit, records)
+        secret = config.server.progress_secret
+        if secret is not None:
+            for r in results:
+                if r.reference:
+                    r.access_code = access_code(secret.get_secret_value(), r.reference)
         for r in results:
             m.intake.labels("records", r.status).inc()
         logger.info("records received", extra={"key_id": key_id, "count": len(results)})
@@ -242,8 +249,16 @@ def create_app(config: HubConfig, hub: Any = None) -> FastAPI:
     @app.get("/v1/cases/{reference}", response_model=CaseProgress,
              responses={404: {"model": Problem}},
              summary="Progress of a case for the resident (no personal data)")
-    async def get_case(reference: str) -> Any:
+    async def get_case(reference: str, code: str | None = Query(
+            default=None, description="The case's access code; required when the server has "
+            "a progress_secret.")) -> Any:
         if not re.match(REFERENCE_PATTERN, reference):
+            return JSONResponse({"error": "not found"}, status_code=404)
+        secret = config.server.progress_secret
+        if secret is not None and not check_code(secret.get_secret_value(), reference, code):
+            m = state.metrics
+            m.refused.labels("cases", "bad_code" if code else "no_code").inc()
+            # the same answer as an unknown reference: no oracle for which references exist
             return JSONResponse({"error": "not found"}, status_code=404)
         view = await run_in_threadpool(state.case_view, reference)
         if view is None:

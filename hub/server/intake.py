@@ -67,6 +67,9 @@ class RecordResult(BaseModel):
     reference: str | None = Field(description="The case reference (FB-YYYYMMDD-NNNNNN).")
     status: str = Field(description="new, duplicate or rejected.")
     reason: str | None = None
+    access_code: str | None = Field(default=None, description="The code the resident needs "
+                                    "with the reference on the progress page (only when "
+                                    "server.progress_secret is set).")
 
 
 class IntakeResponse(BaseModel):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -107,9 +107,15 @@ def build_router(app_state: Any) -> APIRouter:
                  "account_id": None}]
 
     @router.get("/requests/{sr_id}.json", summary="One service request's status")
-    async def get_request(sr_id: str) -> Any:
+    async def get_request(sr_id: str, api_key: str | None = Query(
+            default=None, description="Required when the server has a progress_secret "
+            "(references are sequential: only known clients may look them up).")) -> Any:
         import re
 
+        server = app_state.config.server
+        if server.progress_secret is not None and not check_api_key(api_key, server.api_keys):
+            app_state.metrics.refused.labels("open311", "api_key").inc()
+            return geo_error(403, "api_key missing or invalid")
         if not re.match(REFERENCE_PATTERN, sr_id):
             return geo_error(404, f"service_request_id {sr_id} not found")
         view = await run_in_threadpool(app_state.case_view, sr_id)
