@@ -82,6 +82,17 @@ class Hub:
         self._mappers: dict[str, Mapper] = {}
         self._enrichers: list[Enricher] | None = None
 
+    @contextmanager
+    def side_store(self) -> Iterator[SqlStore]:
+        """A short-lived store connection of its own, for a component thread that must commit
+        a little state (a rotated OAuth2 refresh token) while the stages use :attr:`store`."""
+        store = open_store(self.config.store_url(), self.blobs, self.config.timezone,
+                           migrate=False)
+        try:
+            yield store
+        finally:
+            store.close()
+
     # ---------------------------------------------------------------- components
     def connector(self, name: str) -> Connector:
         """The connector named ``name`` (built on first use)."""

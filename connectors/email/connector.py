@@ -42,7 +42,7 @@ from connectors.base import (
 from connectors.email.acker import AckSender
 from connectors.email.config import AfterCommit, ImapConfig
 from connectors.email.imap import ImapSession, is_connection_error
-from connectors.email.oauth2 import token_source
+from connectors.email.oauth2 import StoreOpener, token_source
 from connectors.email.prefetch import Lookahead
 from connectors.email.sizes import PassSizes
 from hub import faults
@@ -171,13 +171,14 @@ class ImapConnector:
     type_name: ClassVar[str] = "imap"
     Config = ImapConfig
 
-    def __init__(self, config: ImapConfig, blobs: Any = None) -> None:
+    def __init__(self, config: ImapConfig, blobs: Any = None,
+                 open_store: StoreOpener | None = None) -> None:
         self.config = config
         self.name = config.name
         self.channel = config.channel
         self.blobs = blobs
         self.session: ImapSession | None = None
-        self.tokens = token_source(config)  # XOAUTH2 tokens outlive sessions
+        self.tokens = token_source(config, open_store)  # XOAUTH2 tokens outlive sessions
         self._ensured: set[str] = set()
         self._lease: Lease | None = None
         self._pending_ack: AckToken | None = None
@@ -188,8 +189,10 @@ class ImapConnector:
 
     @classmethod
     def from_config(cls, config: ImapConfig, runtime: Any) -> ImapConnector:
-        """Build from config (the runtime's blob store is used by :meth:`reparse`)."""
-        return cls(config, blobs=getattr(runtime, "blobs", None))
+        """Build from config (the runtime's blob store is used by :meth:`reparse`, its store
+        keeps a rotated OAuth2 refresh token)."""
+        return cls(config, blobs=getattr(runtime, "blobs", None),
+                   open_store=getattr(runtime, "side_store", None))
 
     @property
     def lock_name(self) -> str:

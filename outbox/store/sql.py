@@ -797,6 +797,20 @@ class SqlStore:
                            (status, ts(now_utc()), case_id))
         return added
 
+    def get_state(self, namespace: str, key: str) -> dict[str, Any] | None:
+        """Read one entry of component state (the table mapper state lives in)."""
+        rows = self.query("SELECT value FROM mapper_state WHERE namespace = ? AND key = ?",
+                          (namespace, key))
+        return _loads(rows[0]["value"]) if rows else None
+
+    def put_state(self, namespace: str, key: str, value: dict[str, Any]) -> None:
+        """Write one entry of component state in its own transaction."""
+        with self._write_tx() as cur:
+            self._exec(cur, "INSERT INTO mapper_state (namespace, key, value, updated_at) "
+                            "VALUES (?,?,?,?) ON CONFLICT (namespace, key) DO UPDATE SET "
+                            "value = excluded.value, updated_at = excluded.updated_at",
+                       (namespace, key, _dumps(value), ts(now_utc())))
+
     def acquire_lock(self, name: str, owner: str, ttl_s: float) -> bool:
         """Take (or renew) a named lock; False when another live owner holds it."""
         now = now_utc()

@@ -266,3 +266,61 @@ def test_client_credentials_in_the_endpoint_url_are_never_shown() -> None:
     assert safe_url("https://hub:s3cret@idp.example/oauth2/token") == \
         "https://***@idp.example/oauth2/token"
     assert safe_url("https://idp.example/token") == "https://idp.example/token"
+
+
+def test_a_rotated_refresh_token_survives_a_restart(
+        tmp_path: Path, oauth_dovecot: tuple[Dovecot, Provider], provider: Provider,
+        mailbox: str) -> None:
+    """The provider rotates refresh tokens and refuses a rotated-away one (reuse detection):
+    a hub restarted after a rotation goes on with the token it kept in the store, encrypted;
+    a new configured token (a new consent) takes over from the kept one."""
+    from hub.config import load_config
+    from hub.pipeline import Hub
+
+    dovecot, _ = oauth_dovecot
+    provider.rotate = True
+    dovecot.append(mailbox, [mails.gbk_plain()])
+    cfg = write_hub_config(tmp_path, dovecot, mailbox, password=None,
+                           oauth2=oauth2_entry(provider))
+    assert run(cfg).ingest[0].inserted == 1
+    rotated = provider.token_requests[-1]
+    assert rotated["refresh_token"] == REFRESH and REFRESH not in provider.refresh_tokens
+    with Hub(load_config(cfg)) as hub:
+        (kept,) = hub.store.query("SELECT namespace, key, value FROM mapper_state "
+                                  "WHERE namespace = 'oauth2'")
+    assert kept["key"] == "mailbox"
+    (current,) = provider.refresh_tokens
+    assert current not in kept["value"] and "refresh-rotated" not in kept["value"]  # encrypted
+
+    dovecot.append(mailbox, [mails.big5_plain()])  # the restart: a new hub, a new connector
+    summary = run(cfg)
+    assert summary.ingest[0].error is None and summary.ingest[0].inserted == 1
+    assert provider.token_requests[-1]["refresh_token"] == current
+
+    # the operator consents again: the new configured token is used, not the kept one
+    provider.refresh_tokens.add("refresh-token-new-consent")
+    cfg = write_hub_config(tmp_path, dovecot, mailbox, password=None,
+                           oauth2=oauth2_entry(provider, refresh_token="refresh-token-new-"
+                                                                       "consent"))
+    dovecot.append(mailbox, [mails.gbk_plain(msgid="<gbk-0002@mail.qq.example>")])
+    assert run(cfg).ingest[0].inserted == 1
+    assert provider.token_requests[-1]["refresh_token"] == "refresh-token-new-consent"
+
+
+def test_a_refused_kept_token_falls_back_to_the_configured_one(
+        tmp_path: Path, oauth_dovecot: tuple[Dovecot, Provider], provider: Provider,
+        mailbox: str) -> None:
+    from connectors.email.oauth2 import RotationKeeper
+    from hub.config import load_config
+    from hub.pipeline import Hub
+
+    dovecot, _ = oauth_dovecot
+    dovecot.append(mailbox, [mails.gbk_plain()])
+    cfg = write_hub_config(tmp_path, dovecot, mailbox, password=None,
+                           oauth2=oauth2_entry(provider))
+    with Hub(load_config(cfg)) as hub:  # a kept token the provider has since revoked
+        RotationKeeper(hub.side_store, "mailbox", REFRESH).save("refresh-revoked-Kq9")
+    summary = run(cfg)
+    assert summary.ingest[0].error is None and summary.ingest[0].inserted == 1
+    assert [r["refresh_token"] for r in provider.token_requests] == ["refresh-revoked-Kq9",
+                                                                     REFRESH]
