@@ -116,6 +116,14 @@ class ImapConfig(ComponentConfig):
                              "header was sent by a Feedback Hub and is ignored.")
     trim_quotes: bool = Field(default=True, description="Trim quoted reply history and "
                               "signatures from the case description (kept in the raw mail).")
+    authserv_id: str | None = Field(default=None, description="authserv-id of the receiving "
+                                    "mail server whose Authentication-Results (DKIM, SPF, "
+                                    "DMARC) are trusted, e.g. mx.city.example. Unset: the "
+                                    "sender is not checked.")
+    on_auth_fail: Literal["flag", "dead_letter"] = Field(
+        default="flag", description="A mail whose sender failed authentication at authserv_id: "
+        "flag (a new case flagged sender_spoofed for review, never a reply on an existing "
+        "case) or dead_letter.")
 
     @model_validator(mode="after")
     def _check(self) -> ImapConfig:

@@ -4,10 +4,14 @@ Order of decisions (each is recorded with its reason):
 
 1. the hub's own mail (loop header), auto-replies and bounces → ignored;
 2. another copy of a mail already held (same Message-ID, different bytes) → ignored;
-3. a reply to a case (``In-Reply-To``/``References``, or ``[FB-…]`` in the subject from the
+3. with ``authserv_id`` configured, the receiving server's verdict on the sender
+   (:mod:`normalizer.mail.authres`): a failed one dead-letters the mail (``on_auth_fail:
+   dead_letter``) or opens a new case flagged ``sender_spoofed``, never a reply on an existing
+   case (a forged From could otherwise write into someone else's case);
+4. a reply to a case (``In-Reply-To``/``References``, or ``[FB-…]`` in the subject from the
    case's reporter) → a :class:`~normalizer.case.CaseUpdate` of kind ``reply``;
-4. nothing at all (no subject, text or attachment) → ignored;
-5. otherwise a new case; its Message-ID is indexed so replies find it.
+5. nothing at all (no subject, text or attachment) → ignored;
+6. otherwise a new case; its Message-ID is indexed so replies find it.
 
 Attachments are written to the blob store here (content addressed, so reprocessing is safe)
 and listed on the case; OCR and speech-to-text fill ``derived_text`` once media processors run.
@@ -25,6 +29,7 @@ import zhconv
 
 from connectors.base import RawRecord
 from normalizer.case import Attachment, Case, Origin, Reporter, case_id_for
+from normalizer.mail.authres import check_sender
 from normalizer.mail.autoreply import not_a_case_reason
 from normalizer.mail.body import trim_reply
 from normalizer.mail.parse import MailAttachment, ParsedMail, parse_mail
@@ -84,6 +89,8 @@ class EmailMapper:
     def __init__(self, connector_config: Any = None, hub_config: Any = None) -> None:
         self.loop_header = getattr(connector_config, "loop_header", "X-Feedback-Hub-Loop")
         self.trim_quotes = getattr(connector_config, "trim_quotes", True)
+        self.authserv_id: str | None = getattr(connector_config, "authserv_id", None)
+        self.on_auth_fail = str(getattr(connector_config, "on_auth_fail", "flag"))
 
     def map(self, raw: RawRecord, ctx: MapContext) -> MapResult:
         """Map one stored mail; raises MappingError when its bytes are missing or unusable."""
@@ -120,7 +127,20 @@ class EmailMapper:
             text = (text + "\n\n" if text else "") + self._forwarded_block(nested)
         attachments, mismatches = self._attachments(mail.attachments, ctx)
 
+        sender = check_sender(mail.raw_headers, self.authserv_id, mail.from_email) \
+            if self.authserv_id else None
+        spoofed = sender is not None and sender.verdict == "fail"
+        if spoofed and self.on_auth_fail == "dead_letter":
+            assert sender is not None
+            raise MappingError(f"sender authentication failed at {self.authserv_id}: "
+                               f"{sender.detail}")
         thread, note = find_thread(mail, ctx, own_case_id, message_id)
+        not_threaded = ""
+        if thread is not None and spoofed:
+            not_threaded = (f"; it looks like a reply to case "
+                            f"{self._reference(ctx, thread.case_id)} ({thread.reason}), "
+                            f"opened as a new case instead")
+            thread = None
         if thread is not None:
             return self._reply(raw, mail, message_id, thread.case_id, thread.reason, text,
                                attachments, ctx)
@@ -141,6 +161,14 @@ class EmailMapper:
             attachments=attachments,
             extra={"email": self._extra(mail, payload, message_id, trimmed)},
         )
+        if sender is not None:
+            case.extra["email"]["sender_auth"] = {"verdict": sender.verdict,
+                                                  "detail": sender.detail}
+        if spoofed:
+            assert sender is not None
+            case.flag("sender_spoofed", f"the sender failed authentication at "
+                      f"{self.authserv_id} ({sender.detail}): the From address may be "
+                      f"forged{not_threaded}")
         if note:
             case.flag("reference_sender_mismatch", note)
         if mismatches:
