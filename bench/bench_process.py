@@ -8,6 +8,7 @@ run. Single process, so the rate is per core.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import sys
@@ -138,6 +139,13 @@ NOTES = (
 )
 
 
+def _load_note(before: tuple[float, float, float], after: tuple[float, float, float]) -> str:
+    """The machine's load average around this run (2 shared cores: it skews the figures)."""
+    def fmt(la: tuple[float, float, float]) -> str:
+        return ", ".join(f"{v:.2f}" for v in la)
+    return f" This run: load average (1, 5, 15 min) {fmt(before)} before, {fmt(after)} after."
+
+
 def main() -> None:
     work = WORK / "p3"
     shutil.rmtree(work, ignore_errors=True)
@@ -148,6 +156,7 @@ def main() -> None:
         "connectors": [{"name": "bench", "type": "jsonfile", "path": "inbox"}],
         "sinks": [{"name": "file", "type": "jsonl", "path": "out.jsonl"}],
         "process": {"batch_size": 1000}, "logging": {"level": "WARNING"}}), encoding="utf-8")
+    load_before = os.getloadavg()
     recs = records(N)
 
     mapper, ctx = ForwardMapper(), _Ctx()
@@ -181,7 +190,7 @@ def main() -> None:
          "unit": "s", "limit": None, "ratio": None, "goal": "once, before the first batch"},
         {"measure": "peak RSS of the benchmark process", "value": peak_rss_mib(),
          "unit": "MiB", "limit": None, "ratio": None, "goal": "bounded"},
-    ], notes=NOTES)
+    ], notes=NOTES + _load_note(load_before, os.getloadavg()))
     shutil.rmtree(work, ignore_errors=True)
 
 
