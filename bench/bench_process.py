@@ -8,6 +8,7 @@ run. Single process, so the rate is per core.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import sys
@@ -95,28 +96,54 @@ NOTES = (
     "batch paid it inside the run, about 2% of a 50,000-record run). "
     "How a batch is processed (docs/architecture.md): the forwarded records are mapped and "
     "run through the store-free enrichers (classify, kind, location, privacy, urgency) for "
-    "the whole batch first, then record by record in a savepoint: linking (three index "
-    "lookups in one UNION query, probing 2 to 6 grid cells), deadlines, routing, the case "
-    "INSERT; "
+    "the whole batch first, one enricher at a time, then record by record in a savepoint: "
+    "linking (three index lookups in one UNION query, probing 2 to 6 grid cells), "
+    "deadlines, routing, the case INSERT; "
     "events, outbox rows and raw states go in with executemany before the one COMMIT; the "
     "cyclic GC is paused from reading the batch to its commit. Before this work (commit "
     "77bac19, same machine and day, 50,000 records, two runs): 1,805 and 1,951 records/s. "
-    "Where a record's ~390 us (wall; 373 us CPU) go now, wrapped timers, 50,000 records, "
-    "load 1.1: SQLite about 140 us (COMMIT 44 us: 17 KB of WAL per record, a page per case "
-    "row of ~2.5 KB (2.1 KB of JSON body) plus about 3 pages of the 8 randomly keyed indexes, "
-    "and a checkpoint every ~2.5 batches; the linking query 39 us; the case INSERT 28 us; the "
-    "batch's executemany of events, outbox rows and raw states 14 us; reading and parsing the "
-    "pending rows 12 us; savepoints 3 us), linking in Python 67 us (text similarity 17 us, "
-    "the case's own fingerprint 13 us), classification 50 us, mapping 28 us (about half of "
-    "it pydantic validation), "
-    "the case's JSON body 20 us (pydantic), deadlines 17 us, location 10 us, kind, urgency "
-    "and privacy 9 us, the rest of save_case 20 us. The 5,000/s goal needs 200 us per record "
-    "in all; SQLite's share alone is 140 us with this schema (8 randomly keyed indexes, a "
-    "page per case row): not reached. Tried and measured, not kept: one joined query for a "
+    "Where a record's time goes (wrapped timers, 50,000 records, 2026-12-03 14:24, load "
+    "0.9 with another helper busy on one of the 2 cores: everything is slower than on the "
+    "quiet morning, 527 us wall and 512 us CPU per record): the linking query 76 us and "
+    "linking in Python 70 us; save_case 108 us (the case's JSON body 31 us, the INSERT and "
+    "the rest 77 us); COMMIT 51 us; the first pass 122 us (mapping 32 us, classification "
+    "58 us, location 12 us, kind, urgency and privacy 14 us); deadlines 25 us; the batch's "
+    "executemany of events, outbox rows and raw states 18 us; reading the pending rows 15 "
+    "us. The 5,000/s goal needs 200 us per record in all: not reached. "
+    "2026-12-03 afternoon (perf5-p3): store migration 2 drops the case_events (case_id, id) "
+    "index (no query reads it: every read of events is by case_id, which the unique "
+    "(case_id, event_id) index serves) and makes the four linking indexes partial (rows "
+    "whose looked-up column is NULL get no entry; here every case lacks a community): bytes "
+    "written by the stage per record (WAL and checkpoints, /proc/self/io wchar) 28.2 KB -> "
+    "25.4 KB at 50,000 records, 21.0 -> 19.9 KB at 30,000; the first pass maps the batch, "
+    "then runs one enricher at a time over all its cases: 164 -> 139 us per record for that "
+    "pass (both orders alternated on the same batches in one process, load 1.9); raw "
+    "payloads parsed with orjson behind a byte-translate check for 19-digit runs (the str "
+    "regex it replaces took 23 us on a case body, json.loads 20 us, the new check 2 us; "
+    "this also speeds up delivery's body reads). Whole-stage runs on the loaded machine "
+    "did not separate cleanly from the noise: alternating base (commit 464ddea) and new, "
+    "load 0.9-1.0: base 1,737 and 1,742 records/s, new 1,932 and 1,732 records/s (and with "
+    "an in-process CPU clock, 3 pairs at 50,000: 610/613, 612/522, 541/483 us per record). "
+    "Tried and measured, not kept: one joined query for a "
     "whole batch's lookups (no faster: the index probes cost the time, not the statements), "
-    "orjson for raw payloads (reads integers past 64 bits as floats), a larger WAL "
-    "autocheckpoint (+2-5%, 220 MB of WAL), a bigger SQLite cache or mmap (no change)."
+    "a larger WAL autocheckpoint (+2-5%, 220 MB of WAL), a bigger SQLite cache or mmap (no "
+    "change), pydantic model_construct for the classification, evidence, candidates and "
+    "deadlines the enrichers build (slower: model_construct runs in Python, 3.0 us for an "
+    "Evidence against 1.6 us validated, pydantic 2.14). Left: the outbox's two randomly "
+    "keyed indexes (unique idempotency key, (case_id, sink)) could be one unique index on "
+    "(case_id, sink, kind, event_id) (upper bound, measured by dropping outbox_case: 1.5 KB "
+    "less written per record at 30,000; needs a table rebuild on SQLite); a case row "
+    "(~2.35 KB, body 1.85 KB) fills a 4 KB page alone, two per page would need ~350 bytes "
+    "less per row, which the body (the case as delivered) does not allow without changing "
+    "what sinks receive."
 )
+
+
+def _load_note(before: tuple[float, float, float], after: tuple[float, float, float]) -> str:
+    """The machine's load average around this run (2 shared cores: it skews the figures)."""
+    def fmt(la: tuple[float, float, float]) -> str:
+        return ", ".join(f"{v:.2f}" for v in la)
+    return f" This run: load average (1, 5, 15 min) {fmt(before)} before, {fmt(after)} after."
 
 
 def main() -> None:
@@ -129,6 +156,7 @@ def main() -> None:
         "connectors": [{"name": "bench", "type": "jsonfile", "path": "inbox"}],
         "sinks": [{"name": "file", "type": "jsonl", "path": "out.jsonl"}],
         "process": {"batch_size": 1000}, "logging": {"level": "WARNING"}}), encoding="utf-8")
+    load_before = os.getloadavg()
     recs = records(N)
 
     mapper, ctx = ForwardMapper(), _Ctx()
@@ -162,7 +190,7 @@ def main() -> None:
          "unit": "s", "limit": None, "ratio": None, "goal": "once, before the first batch"},
         {"measure": "peak RSS of the benchmark process", "value": peak_rss_mib(),
          "unit": "MiB", "limit": None, "ratio": None, "goal": "bounded"},
-    ], notes=NOTES)
+    ], notes=NOTES + _load_note(load_before, os.getloadavg()))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -34,7 +34,7 @@ from hub.config import HubConfig
 from hub.leases import Lease, owner_id
 from hub.logsetup import register_secrets
 from hub.routing import route
-from normalizer.case import CaseUpdate
+from normalizer.case import Case, CaseUpdate
 from normalizer.mappers import build_mapper
 from normalizer.mapping import Enricher, Mapper, MappingError, MapResult
 from normalizer.similarity import fingerprint
@@ -384,11 +384,16 @@ def _premap(hub: Hub, tx: Any, pending: Sequence[Any], pure: Sequence[Enricher]
     e.g. forwarded records): what they become cannot depend on the records before them in
     the batch, so working through the batch in two passes (this one pure Python, then linking
     and saving record by record) gives the same cases, and keeps each pass's code and data
-    hot in the CPU caches instead of alternating with SQLite's. A failure is kept and raised
-    at the record's turn, so it is dead-lettered in order as before. Mappers that read state
-    (mail threads, IoT episodes) map at their record's turn.
+    hot in the CPU caches instead of alternating with SQLite's. Within this pass the batch is
+    mapped first, then each enricher runs over all of its cases before the next one starts
+    (one enricher's code and tables at a time: about 15% less CPU for this pass than the
+    chain record by record, P3 in docs/benchmarks.md). A failure is kept and raised at the
+    record's turn, so it is dead-lettered in order as before; the enrichers after the one
+    that failed skip that case. Mappers that read state (mail threads, IoT episodes) map at
+    their record's turn.
     """
     out: dict[int, MapResult | Exception] = {}
+    cases: list[tuple[int, Case]] = []
     for stored in pending:
         raw = stored.record
         mapper = hub.mapper(raw.source, raw.channel.value)
@@ -396,13 +401,25 @@ def _premap(hub: Hub, tx: Any, pending: Sequence[Any], pure: Sequence[Enricher]
             continue
         try:
             result = mapper.map(raw, tx)
-            if result.case is not None:
-                for enricher in pure:
-                    enricher.enrich(result.case, tx)
         except Exception as exc:
             out[stored.id] = exc
-        else:
-            out[stored.id] = result
+            continue
+        out[stored.id] = result
+        if result.case is not None:
+            cases.append((stored.id, result.case))
+    # one enricher at a time over the batch's cases (its code and tables stay hot); a case
+    # whose enricher fails keeps the error and skips the enrichers after it, as before
+    for enricher in pure:
+        enrich = enricher.enrich
+        ok: list[tuple[int, Case]] = []
+        for raw_id, case in cases:
+            try:
+                enrich(case, tx)
+            except Exception as exc:
+                out[raw_id] = exc
+            else:
+                ok.append((raw_id, case))
+        cases = ok
     return out
 
 

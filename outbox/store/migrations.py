@@ -162,6 +162,30 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        "index only what the store's queries read",
+        [
+            # (case_id, id) served no query: every read of case_events is by case_id (with
+            # event_id, kind or a LIKE on event_id), which the unique (case_id, event_id)
+            # index answers as well; the timeline sorts by (at, id), which neither index gives
+            "DROP INDEX IF EXISTS case_events_case",
+            # the linking lookups compare these columns with = or IN, which never match NULL:
+            # rows without the value (no community, no reporter...) need no index entry
+            "DROP INDEX IF EXISTS cases_cat_cell",
+            "CREATE INDEX cases_cat_cell ON cases (category_code, cell, received_at) "
+            "WHERE cell IS NOT NULL",
+            "DROP INDEX IF EXISTS cases_cat_comm",
+            "CREATE INDEX cases_cat_comm ON cases (category_code, community, received_at) "
+            "WHERE community IS NOT NULL",
+            "DROP INDEX IF EXISTS cases_cat_addr",
+            "CREATE INDEX cases_cat_addr ON cases (category_code, address, received_at) "
+            "WHERE address IS NOT NULL",
+            "DROP INDEX IF EXISTS cases_reporter",
+            "CREATE INDEX cases_reporter ON cases (reporter_key, received_at) "
+            "WHERE reporter_key IS NOT NULL",
+        ],
+    ),
 ]
 
 

@@ -147,3 +147,40 @@ def test_two_pass_batches_give_what_record_by_record_gives(tmp_path: Path) -> No
     assert [r["state"] for r in raws] == ["processed", "failed", "processed", "failed",
                                           "processed", "processed", "failed", "processed"]
     assert [c["raw_record_id"] for c in cases] == [1, 3, 5, 6, 8]
+
+
+class _Recorder:
+    """A store-free enricher that logs (its name, the case's title) and fails on one title."""
+
+    reads_store = False
+
+    def __init__(self, name: str, log: list[tuple[str, str]], fail_on: str | None = None
+                 ) -> None:
+        self.name, self.log, self.fail_on = name, log, fail_on
+
+    def enrich(self, case: Case, ctx: Any) -> None:
+        self.log.append((self.name, case.title))
+        if case.title == self.fail_on:
+            raise ValueError(f"{self.name} bug")
+
+
+def test_first_pass_runs_one_enricher_over_the_batch_at_a_time(tmp_path: Path) -> None:
+    hub = _hub(tmp_path, batch_size=4)
+    try:
+        log: list[tuple[str, str]] = []
+        hub._enrichers = [_Recorder("a", log), _Recorder("b", log, fail_on="t1"),
+                          _Recorder("c", log), *hub.enrichers]
+        hub.store.commit_ingest("up", [_raw(i, f"t{i}") for i in range(6)])
+        stats = process(hub)
+        assert (stats.cases_new, stats.failed) == (5, 1)
+        # per batch: every case through a, then through b, then c; the case b failed on
+        # goes no further (and is dead-lettered at its turn with b's error)
+        assert log == [("a", "t0"), ("a", "t1"), ("a", "t2"), ("a", "t3"),
+                       ("b", "t0"), ("b", "t1"), ("b", "t2"), ("b", "t3"),
+                       ("c", "t0"), ("c", "t2"), ("c", "t3"),
+                       ("a", "t4"), ("a", "t5"), ("b", "t4"), ("b", "t5"),
+                       ("c", "t4"), ("c", "t5")]
+        dead = hub.store.dead_letters(stage="process")
+        assert [d["source_ref"] for d in dead] == ["id:1"] and "b bug" in dead[0]["reason"]
+    finally:
+        hub.close()

@@ -101,3 +101,44 @@ def test_failed_savepoint_cuts_the_write_behind_buffers(store: SqlStore) -> None
         == [case_id_for("src", "a"), case_id_for("src", "c")]
     assert store.query("SELECT COUNT(*) AS n FROM outbox")[0]["n"] == 2
     assert store.query("SELECT COUNT(*) AS n FROM case_events")[0]["n"] == 2
+
+
+def test_pending_payloads_read_back_as_json_reads_them(store: SqlStore) -> None:
+    """Payload text is parsed with orjson unless it may hold what orjson reads differently
+    or refuses: every one of these must come back exactly as json.loads gives it."""
+    import json
+
+    texts = ['{"n":123456789012345678901,"m":-9223372036854775809}',  # past 64 bits
+             '{"n":1234567890123456789}',  # 19 digits, fits: either parser
+             '{"x":NaN,"y":Infinity,"z":-Infinity}',  # json's extensions (older rows)
+             '{"s":"\\ud800 lone surrogate"}',
+             '{"a":1,"a":2,"f":0.30000000000000004,"z":-0.0,"e":1e16,"big":1e308}',
+             '{"t":"引号\\"和\\\\反斜杠\\n","u":"\\u00e9","list":[null,true,1.5]}']
+    with store._write_tx() as cur:
+        for i, text in enumerate(texts):
+            store._exec(cur, "INSERT INTO raw_records (source, channel, source_ref, "
+                             "received_at, ingested_at, payload, attachments) VALUES "
+                             "('src', 'forward', ?, ?, ?, ?, '[]')",
+                        (f"p{i}", "2026-11-24T10:00:00.000000Z",
+                         "2026-11-24T10:00:00.000000Z", text))
+    back = [s.record.payload for s in store.pending_raw(10)]
+    want = [json.loads(t) for t in texts]
+    assert json.dumps(back) == json.dumps(want)  # NaN != NaN: compare the spelling
+    assert repr(back) == repr(want)
+    assert type(back[0]["n"]) is int and back[0]["n"] == 123456789012345678901
+
+
+def test_long_digit_run_is_nineteen_ascii_digits_in_a_row() -> None:
+    import re
+
+    from outbox.store.sql import _long_digit_run
+
+    rx = re.compile(r"[0-9]{19}")
+    rng = random.Random(3)
+    alphabet = "0123456789" * 6 + "路灯１２３٣.-e\":,\ud800 x"
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        assert _long_digit_run(text) == bool(rx.search(text)), text
+    assert _long_digit_run('{"n":1234567890123456789}')
+    assert not _long_digit_run('{"lat":31.239473779638367,"phone":"13873836349"}')
+    assert not _long_digit_run("１" * 30)  # full-width digits are not JSON digits

@@ -12,6 +12,7 @@ from connectors.base import RawRecord, Reject
 from normalizer.case import Case, CaseUpdate, Channel, Origin, case_id_for
 from outbox.blobs import BlobStore
 from outbox.store import open_store
+from outbox.store.migrations import latest_version
 from outbox.store.sql import SqlStore, _dumps, idempotency_key
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
@@ -29,9 +30,9 @@ def case(ref: str) -> Case:
 
 
 def test_migrations_are_idempotent(tmp_path: Path, store: SqlStore) -> None:
-    assert store.schema_version() == 1
+    assert store.schema_version() == latest_version()
     again = open_store(f"sqlite:///{tmp_path / 'hub.db'}", BlobStore(tmp_path / "blobs"))
-    assert again.schema_version() == 1
+    assert again.schema_version() == latest_version()
     again.close()
 
 
