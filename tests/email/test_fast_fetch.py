@@ -61,3 +61,24 @@ def test_unknown_uids_are_left_out_and_sequence_mode_falls_back(client: IMAPClie
         assert fast_fetch.bodies(client, [1]) is None
     finally:
         client.use_uid = True
+
+
+def test_uid_sets_join_only_consecutive_uids() -> None:
+    assert fast_fetch.uid_set([7]) == "7"
+    assert fast_fetch.uid_set([5, 1, 2, 3, 7, 8, 3]) == "1:3,5,7:8"
+    assert fast_fetch.uid_set(range(100_000, 110_000)) == "100000:109999"
+    with pytest.raises(ValueError):
+        fast_fetch.uid_set([])
+
+
+def test_a_move_as_ranges_moves_exactly_the_uids_named(client: IMAPClient) -> None:
+    uids = sorted(client.search(["ALL"]))
+    keep = {uids[2], uids[5]}  # gaps inside what is moved: never covered by a range
+    move = [u for u in uids[:8] if u not in keep]
+    client.create_folder("Done")
+    fast_fetch.move(client, move, "Done")
+    assert set(client.search(["ALL"])) == set(uids) - set(move)
+    # what the server got: as many ranges as runs, not one number per mail
+    assert fast_fetch.uid_set(move).count(",") == 2
+    client.select_folder("Done")
+    assert len(client.search(["ALL"])) == len(move)
