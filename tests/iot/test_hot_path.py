@@ -174,3 +174,15 @@ def test_prefetch_stops_and_closes_the_source_when_the_consumer_stops() -> None:
     ahead.close()  # returns only once the worker has ended
     assert closed.is_set() and names == ["decode-ahead"]
     assert not any(t.name == "decode-ahead" for t in threading.enumerate())
+
+
+def test_packed_records_read_back_integers_beyond_64_bits_exactly() -> None:
+    c = connector()
+    big = 98765432109876543210987654321
+    payload = json.dumps({"deviceInfo": {"devEui": "d"}, "deduplicationId": "1",
+                          "object": {"fault": "E1", "n": big}}).encode()
+    batch = c._batch([(1, 1, 1, b"t/x", payload, NOW.timestamp(), False)])
+    rec = batch.records[0]
+    assert rec.payload["report"]["values"]["n"] == big
+    assert type(rec.payload["report"]["values"]["n"]) is int
+    assert rec == c.to_record("t/x", payload, NOW)
