@@ -55,6 +55,16 @@ logger = logging.getLogger(__name__)
 __all__ = ["Message", "MqttConnector", "topic_matches"]
 
 
+#: While the pipeline commits a batch, the decode-ahead thread sleeps this long every
+#: ``YIELD_EVERY`` messages. The committing thread releases the GIL around every SQLite call,
+#: and each time it wants it back it waits until the thread running Python lets go: up to
+#: the interpreter's switch interval (5 ms) when that thread does not block by itself, a
+#: dozen times per commit. A sleep of a few tens of microseconds is long enough for the
+#: waiting thread to wake and take the GIL (P1 backlog drain: about +25 %).
+YIELD_EVERY = 64
+YIELD_SECONDS = 50e-6
+
+
 def topic_matches(filter_: str, topic: str) -> bool:
     """MQTT topic filter matching (``+`` one level, ``#`` the rest)."""
     return topic_matches_sub(filter_, topic)
@@ -75,6 +85,8 @@ class MqttConnector:
         self._max_payload = config.max_payload
         self._session: Session | None = None
         self._session_lock = threading.Lock()
+        #: set while the pipeline commits a batch this connector handed over (see _batch)
+        self._committing = False
 
     @classmethod
     def from_config(cls, config: MqttConfig, runtime: Any) -> MqttConnector:
@@ -141,7 +153,13 @@ class MqttConnector:
         rejects: list[Reject] = []
         tokens: list[tuple[int, int]] = []  # (generation, packet id) of QoS 1 messages
         last_rx, at = None, ""
+        left = YIELD_EVERY
         for gen, mid, qos, topic_b, payload, rx, retain in msgs:
+            left -= 1
+            if not left:
+                left = YIELD_EVERY
+                if self._committing:
+                    time.sleep(YIELD_SECONDS)  # let the committing thread have the GIL
             if qos:
                 tokens.append((gen, mid))
             topic = topic_b.decode("utf-8", "replace")
@@ -191,7 +209,11 @@ class MqttConnector:
             with closing(prefetch(self._drain(sess, ctx), f"mqtt-decode-{self.name}")) as ahead:
                 for batch in ahead:
                     count += len(batch.records) + len(batch.rejects)
-                    yield batch
+                    self._committing = True  # until the pipeline asks for the next batch
+                    try:
+                        yield batch
+                    finally:
+                        self._committing = False
         finally:
             with self._session_lock:
                 self._session = None
@@ -242,6 +264,7 @@ class MqttConnector:
             with closing(prefetch(batches(), f"mqtt-decode-{self.name}")) as ahead:
                 for batch in ahead:
                     while True:
+                        self._committing = True
                         try:
                             commit(batch)
                             backoff = 1.0
@@ -250,9 +273,12 @@ class MqttConnector:
                             # store trouble: keep the messages unacked and try again
                             logger.error("mqtt batch commit failed, retrying", extra={
                                 "source": self.name, "error": str(exc)})
+                            self._committing = False
                             if stop.wait(backoff + random.random()):
                                 return
                             backoff = min(backoff * 2, 60.0)
+                        finally:
+                            self._committing = False
         finally:
             with self._session_lock:
                 self._session = None
