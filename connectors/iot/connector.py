@@ -31,6 +31,7 @@ from contextlib import closing
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
+import orjson
 from paho.mqtt.client import topic_matches_sub
 
 from connectors.base import (
@@ -146,12 +147,21 @@ class MqttConnector:
 
     def _batch(self, msgs: list[Message]) -> SourceBatch:
         """Decode messages into one batch: records packed as the store writes them (no
-        RawRecord per message), undecodable ones as rejects with their raw bytes."""
+        RawRecord per message), undecodable ones as rejects with their raw bytes.
+
+        The ack token is the packet ids of the QoS 1 messages, in arrival order, in runs of
+        one connection generation: ``[(generation, [packet id, ...]), ...]``.
+        """
         records = PackedRecords(self.name, self.channel)
         add = records.rows.append
         encode = self._encode
+        dumps = orjson.dumps
+        # values parsed from JSON: plain orjson writes what payload_json writes (and raises
+        # TypeError for what only json can write); a user function may return anything
+        plain = all(dec.json_values for _, dec in self.decoders)
         rejects: list[Reject] = []
-        tokens: list[tuple[int, int]] = []  # (generation, packet id) of QoS 1 messages
+        runs: list[tuple[int, list[int]]] = []
+        run_gen, pids = None, []
         last_rx, at = None, ""
         left = YIELD_EVERY
         for gen, mid, qos, topic_b, payload, rx, retain in msgs:
@@ -161,7 +171,10 @@ class MqttConnector:
                 if self._committing:
                     time.sleep(YIELD_SECONDS)  # let the committing thread have the GIL
             if qos:
-                tokens.append((gen, mid))
+                if gen != run_gen:
+                    run_gen, pids = gen, []
+                    runs.append((gen, pids))
+                pids.append(mid)
             topic = topic_b.decode("utf-8", "replace")
             if rx != last_rx:  # messages of one network read share their receive time
                 last_rx, at = rx, ts(datetime.fromtimestamp(rx, timezone.utc))
@@ -175,8 +188,15 @@ class MqttConnector:
                 logger.warning("undecodable mqtt payload", extra={
                     "source": self.name, "topic": topic, "reason": str(exc)})
                 continue
-            add((ref, at, payload_json(body)))
-        return SourceBatch(records=records, rejects=rejects, ack_token=tokens)
+            if plain:
+                try:
+                    text = dumps(body).decode()
+                except TypeError:  # an integer beyond 64 bits
+                    text = payload_json(body)
+            else:
+                text = payload_json(body)
+            add((ref, at, text))
+        return SourceBatch(records=records, rejects=rejects, ack_token=runs)
 
     # -------------------------------------------------------------- run --once
     def _open(self) -> Session:
@@ -292,7 +312,7 @@ class MqttConnector:
         if sess is None or not batch.ack_token:
             return
         stale = 0
-        for gen, pids in _runs(batch.ack_token):
+        for gen, pids in batch.ack_token:
             stale += sess.ack(gen, pids)
         if stale:
             # the broker redelivers these; they are duplicates now
@@ -310,14 +330,3 @@ class MqttConnector:
 
     def close(self) -> None:
         """Nothing held between runs."""
-
-
-def _runs(tokens: list[tuple[int, int]]) -> Iterator[tuple[int, list[int]]]:
-    """Consecutive packet ids of one connection generation, in order."""
-    gen, pids = tokens[0][0], []
-    for g, pid in tokens:
-        if g != gen:
-            yield gen, pids
-            gen, pids = g, []
-        pids.append(pid)
-    yield gen, pids

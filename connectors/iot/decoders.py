@@ -28,6 +28,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import orjson
 
 from connectors.base import maybe_lossy
@@ -146,6 +147,26 @@ def _exact_object(payload: bytes) -> dict[str, Any]:
     return doc
 
 
+class _Device(msgspec.Struct, rename="camel"):
+    dev_eui: str
+
+
+class _Uplink(msgspec.Struct, rename="camel"):
+    """The fields of a ChirpStack v4 uplink the plain decoder reads (others are skipped)."""
+
+    device_info: _Device
+    deduplication_id: str
+    time: str
+    object: dict[str, Any] | None = None
+    f_cnt: int | None = None
+    f_port: int | None = None
+    data: str | None = None
+
+
+#: msgspec.ValidationError is a DecodeError: a field of another type ends the fast path too
+_UPLINK = msgspec.json.Decoder(_Uplink)
+
+
 class Decoder:
     """Decodes the messages of one subscription."""
 
@@ -155,6 +176,8 @@ class Decoder:
         self.kind_name = sub.decoder.value
         #: the record keeps the payload as text (else base64): all but function decoders
         self.text_payloads = sub.decoder is not DecoderType.function
+        #: reports hold only values parsed from JSON (a user function may return anything)
+        self.json_values = sub.decoder is not DecoderType.function
         self.fn: Callable[[str, bytes], dict[str, Any]] | None = None
         if sub.decoder is DecoderType.function:
             self.fn = load_function(sub.function or "")
@@ -177,33 +200,37 @@ class Decoder:
 
     def _chirpstack(self, payload: bytes) -> dict[str, Any] | None:
         """:meth:`decode_general` for a ChirpStack subscription without field paths, for the
-        common shape of an uplink (device EUI, deduplication id and UTC time as strings, a fault
-        code that is one string or none, no number orjson may have read inexactly); None for
-        anything else, which :meth:`decode_general` then decodes or rejects."""
+        common shape of an uplink; None for anything else, which :meth:`decode_general` then
+        decodes or rejects.
+
+        The common shape: UTF-8 text, the device EUI, deduplication id and time as strings
+        (a UTC time), ``object`` an object or absent, ``fCnt`` / ``fPort`` integers, ``data``
+        a string, the fault code one string or none. msgspec reads just those fields into a
+        :class:`_Uplink` (the rest of the document is checked but not built into objects,
+        which is where orjson spends its time) and reads integers of any size exactly. One
+        difference from orjson: a number beyond the double range (``1e400``) in a field the
+        decoder does not read is accepted here (stored with the rest of the text), where the
+        general decoder rejects the payload.
+        """
+        if not payload.isascii():
+            try:
+                payload.decode("utf-8")  # msgspec does not check the strings it skips
+            except UnicodeDecodeError:
+                return None
         try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError:
+            up = _UPLINK.decode(payload)
+        except (msgspec.DecodeError, RecursionError):
             return None
-        if type(doc) is not dict:
+        device = up.device_info.dev_eui.strip()
+        event_id = up.deduplication_id
+        if not device or len(device) > 200 or not event_id:
             return None
-        info = doc.get("deviceInfo")
-        if type(info) is not dict:
-            return None
-        device = info.get("devEui")
-        if type(device) is not str:
-            return None
-        device = device.strip()
-        event_id = doc.get("deduplicationId")
-        time_v = doc.get("time")
-        if (not device or len(device) > 200 or type(event_id) is not str or not event_id
-                or type(time_v) is not str):
-            return None
-        m = _UTC_ISO.match(time_v)
+        m = _UTC_ISO.match(up.time)
         if m is None:
             return None
         day, frac, _ = m.groups()
-        obj = doc.get("object")
-        if type(obj) is not dict:
+        obj = up.object
+        if obj is None:
             obj = {}
         key = self._fault_key
         code = obj.get(key)
@@ -217,8 +244,6 @@ class Decoder:
             if type(code) is not str:
                 return None
             values = {k: v for k, v in obj.items() if k != key}
-            if maybe_lossy(values):
-                return None
             codes = [code]
             c = classify_codes(codes, self.sub.codes, bool(values))
             report = {"device_id": device, "event_id": event_id,
@@ -229,10 +254,7 @@ class Decoder:
                 report["values"] = values
             if c.unknown:
                 report["unknown_codes"] = c.unknown
-        fcnt, fport = doc.get("fCnt"), doc.get("fPort")
-        if (fcnt is not None and type(fcnt) is not int) or (
-                fport is not None and type(fport) is not int):
-            return None
+        fcnt, fport = up.f_cnt, up.f_port
         if fcnt is not None and fport is not None:
             lora = {"fCnt": fcnt, "fPort": fport}
         else:
@@ -241,12 +263,8 @@ class Decoder:
                 lora["fCnt"] = fcnt
             if fport is not None:
                 lora["fPort"] = fport
-        if not obj:
-            data = doc.get("data")
-            if data:
-                if type(data) is not str:
-                    return None
-                lora["data"] = data
+        if not obj and up.data:
+            lora["data"] = up.data
         if lora:
             report["lorawan"] = lora
         return report
