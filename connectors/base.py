@@ -89,6 +89,33 @@ def payload_json(payload: dict[str, Any]) -> str:
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
+#: orjson reads an integer literal beyond 64 bits as a float, which is always this large
+_BIG = float(2**63)
+
+
+def maybe_lossy(value: Any) -> bool:
+    """Whether parsed JSON holds a float orjson may have made of an integer beyond 64 bits.
+
+    That is a float of at least 2**63 in magnitude, at any depth (a genuine ``1e20`` counts
+    too: :mod:`json` reads it as the same float, only more slowly).
+    """
+    t = type(value)
+    if t is float:
+        return value >= _BIG or value <= -_BIG
+    if t is dict:
+        return any(maybe_lossy(v) for v in value.values())
+    if t is list or t is tuple:
+        return any(maybe_lossy(v) for v in value)
+    return False
+
+
+def loads_exact(text: str | bytes) -> Any:
+    """Parse JSON with orjson, or with :mod:`json` when orjson may have read an integer beyond
+    64 bits as a float (:func:`maybe_lossy`): integers of any size stay exact."""
+    value = orjson.loads(text)
+    return json.loads(text) if maybe_lossy(value) else value
+
+
 class PackedRecords(Sequence[RawRecord]):
     """Raw records of one source, held in the form the store writes them.
 
@@ -131,7 +158,7 @@ class PackedRecords(Sequence[RawRecord]):
     def _record(self, row: tuple[str, str, str]) -> RawRecord:
         ref, at, payload = row
         received = datetime.fromisoformat(at.replace("Z", "+00:00"))
-        return trusted_raw(self.source, self.channel, ref, received, orjson.loads(payload))
+        return trusted_raw(self.source, self.channel, ref, received, loads_exact(payload))
 
 
 @dataclass

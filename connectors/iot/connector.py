@@ -31,6 +31,7 @@ from contextlib import closing
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
+import orjson
 from paho.mqtt.client import topic_matches_sub
 
 from connectors.base import (
@@ -55,6 +56,16 @@ logger = logging.getLogger(__name__)
 __all__ = ["Message", "MqttConnector", "topic_matches"]
 
 
+#: While the pipeline commits a batch, the decode-ahead thread sleeps this long every
+#: ``YIELD_EVERY`` messages. The committing thread releases the GIL around every SQLite call,
+#: and each time it wants it back it waits until the thread running Python lets go: up to
+#: the interpreter's switch interval (5 ms) when that thread does not block by itself, a
+#: dozen times per commit. A sleep of a few tens of microseconds is long enough for the
+#: waiting thread to wake and take the GIL (P1 backlog drain: about +25 %).
+YIELD_EVERY = 64
+YIELD_SECONDS = 50e-6
+
+
 def topic_matches(filter_: str, topic: str) -> bool:
     """MQTT topic filter matching (``+`` one level, ``#`` the rest)."""
     return topic_matches_sub(filter_, topic)
@@ -75,6 +86,8 @@ class MqttConnector:
         self._max_payload = config.max_payload
         self._session: Session | None = None
         self._session_lock = threading.Lock()
+        #: set while the pipeline commits a batch this connector handed over (see _batch)
+        self._committing = False
 
     @classmethod
     def from_config(cls, config: MqttConfig, runtime: Any) -> MqttConnector:
@@ -134,16 +147,34 @@ class MqttConnector:
 
     def _batch(self, msgs: list[Message]) -> SourceBatch:
         """Decode messages into one batch: records packed as the store writes them (no
-        RawRecord per message), undecodable ones as rejects with their raw bytes."""
+        RawRecord per message), undecodable ones as rejects with their raw bytes.
+
+        The ack token is the packet ids of the QoS 1 messages, in arrival order, in runs of
+        one connection generation: ``[(generation, [packet id, ...]), ...]``.
+        """
         records = PackedRecords(self.name, self.channel)
         add = records.rows.append
         encode = self._encode
+        dumps = orjson.dumps
+        # values parsed from JSON: plain orjson writes what payload_json writes (and raises
+        # TypeError for what only json can write); a user function may return anything
+        plain = all(dec.json_values for _, dec in self.decoders)
         rejects: list[Reject] = []
-        tokens: list[tuple[int, int]] = []  # (generation, packet id) of QoS 1 messages
+        runs: list[tuple[int, list[int]]] = []
+        run_gen, pids = None, []
         last_rx, at = None, ""
+        left = YIELD_EVERY
         for gen, mid, qos, topic_b, payload, rx, retain in msgs:
+            left -= 1
+            if not left:
+                left = YIELD_EVERY
+                if self._committing:
+                    time.sleep(YIELD_SECONDS)  # let the committing thread have the GIL
             if qos:
-                tokens.append((gen, mid))
+                if gen != run_gen:
+                    run_gen, pids = gen, []
+                    runs.append((gen, pids))
+                pids.append(mid)
             topic = topic_b.decode("utf-8", "replace")
             if rx != last_rx:  # messages of one network read share their receive time
                 last_rx, at = rx, ts(datetime.fromtimestamp(rx, timezone.utc))
@@ -157,8 +188,15 @@ class MqttConnector:
                 logger.warning("undecodable mqtt payload", extra={
                     "source": self.name, "topic": topic, "reason": str(exc)})
                 continue
-            add((ref, at, payload_json(body)))
-        return SourceBatch(records=records, rejects=rejects, ack_token=tokens)
+            if plain:
+                try:
+                    text = dumps(body).decode()
+                except TypeError:  # an integer beyond 64 bits
+                    text = payload_json(body)
+            else:
+                text = payload_json(body)
+            add((ref, at, text))
+        return SourceBatch(records=records, rejects=rejects, ack_token=runs)
 
     # -------------------------------------------------------------- run --once
     def _open(self) -> Session:
@@ -191,7 +229,11 @@ class MqttConnector:
             with closing(prefetch(self._drain(sess, ctx), f"mqtt-decode-{self.name}")) as ahead:
                 for batch in ahead:
                     count += len(batch.records) + len(batch.rejects)
-                    yield batch
+                    self._committing = True  # until the pipeline asks for the next batch
+                    try:
+                        yield batch
+                    finally:
+                        self._committing = False
         finally:
             with self._session_lock:
                 self._session = None
@@ -242,6 +284,7 @@ class MqttConnector:
             with closing(prefetch(batches(), f"mqtt-decode-{self.name}")) as ahead:
                 for batch in ahead:
                     while True:
+                        self._committing = True
                         try:
                             commit(batch)
                             backoff = 1.0
@@ -250,9 +293,12 @@ class MqttConnector:
                             # store trouble: keep the messages unacked and try again
                             logger.error("mqtt batch commit failed, retrying", extra={
                                 "source": self.name, "error": str(exc)})
+                            self._committing = False
                             if stop.wait(backoff + random.random()):
                                 return
                             backoff = min(backoff * 2, 60.0)
+                        finally:
+                            self._committing = False
         finally:
             with self._session_lock:
                 self._session = None
@@ -266,7 +312,7 @@ class MqttConnector:
         if sess is None or not batch.ack_token:
             return
         stale = 0
-        for gen, pids in _runs(batch.ack_token):
+        for gen, pids in batch.ack_token:
             stale += sess.ack(gen, pids)
         if stale:
             # the broker redelivers these; they are duplicates now
@@ -284,14 +330,3 @@ class MqttConnector:
 
     def close(self) -> None:
         """Nothing held between runs."""
-
-
-def _runs(tokens: list[tuple[int, int]]) -> Iterator[tuple[int, list[int]]]:
-    """Consecutive packet ids of one connection generation, in order."""
-    gen, pids = tokens[0][0], []
-    for g, pid in tokens:
-        if g != gen:
-            yield gen, pids
-            gen, pids = g, []
-        pids.append(pid)
-    yield gen, pids

@@ -13,18 +13,25 @@ Formats:
 * ``tts``: The Things Stack v3 uplink (``end_device_ids.dev_eui``, ``correlation_ids``,
   ``received_at``, ``uplink_message.decoded_payload``, ``uplink_message.f_cnt``).
 * ``function``: a user callable ``(topic, payload) -> dict`` for raw binary payloads.
+
+JSON is parsed by orjson, which reads an integer beyond 64 bits as a float: when a value the
+report keeps may be one (a float of 2**63 or more), the payload is read again by :mod:`json`,
+so such integers are kept exactly (the raw text is kept in the record either way).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import orjson
 
+from connectors.base import maybe_lossy
 from connectors.iot.config import DecoderType, Subscription
 from normalizer.iot.faults import classify_codes
 
@@ -70,8 +77,11 @@ def parse_time(value: Any) -> str | None:
     if isinstance(value, bool):
         raise DecodeError(f"time: expected ISO 8601 or epoch seconds, got {value!r}")
     if isinstance(value, (int, float)):
-        secs = float(value) / (1000.0 if value > 1e11 else 1.0)  # epoch ms from some devices
-        return datetime.fromtimestamp(secs, timezone.utc).isoformat(timespec="microseconds")
+        try:
+            secs = float(value) / (1000.0 if value > 1e11 else 1.0)  # epoch ms from some devices
+            return datetime.fromtimestamp(secs, timezone.utc).isoformat(timespec="microseconds")
+        except (OverflowError, ValueError, OSError) as exc:  # NaN, beyond year 9999
+            raise DecodeError(f"time: epoch seconds out of range: {value!r}") from exc
     if isinstance(value, str):
         text = value.strip().replace("Z", "+00:00")
         # Go/ChirpStack/TTS emit nanoseconds; Python takes microseconds
@@ -112,6 +122,7 @@ def _ident(value: Any, what: str) -> str:
 
 
 def _object(payload: bytes) -> dict[str, Any]:
+    """The payload's JSON object, parsed by orjson (see :func:`_exact_object`)."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -126,6 +137,36 @@ def _object(payload: bytes) -> dict[str, Any]:
     return doc
 
 
+def _exact_object(payload: bytes) -> dict[str, Any]:
+    """The payload's object parsed by :mod:`json` (integers of any size stay exact).
+
+    Only for payloads orjson already accepted as one JSON object, so both read the same
+    values but for integers beyond 64 bits.
+    """
+    doc: dict[str, Any] = json.loads(payload)
+    return doc
+
+
+class _Device(msgspec.Struct, rename="camel"):
+    dev_eui: str
+
+
+class _Uplink(msgspec.Struct, rename="camel"):
+    """The fields of a ChirpStack v4 uplink the plain decoder reads (others are skipped)."""
+
+    device_info: _Device
+    deduplication_id: str
+    time: str
+    object: dict[str, Any] | None = None
+    f_cnt: int | None = None
+    f_port: int | None = None
+    data: str | None = None
+
+
+#: msgspec.ValidationError is a DecodeError: a field of another type ends the fast path too
+_UPLINK = msgspec.json.Decoder(_Uplink)
+
+
 class Decoder:
     """Decodes the messages of one subscription."""
 
@@ -135,6 +176,8 @@ class Decoder:
         self.kind_name = sub.decoder.value
         #: the record keeps the payload as text (else base64): all but function decoders
         self.text_payloads = sub.decoder is not DecoderType.function
+        #: reports hold only values parsed from JSON (a user function may return anything)
+        self.json_values = sub.decoder is not DecoderType.function
         self.fn: Callable[[str, bytes], dict[str, Any]] | None = None
         if sub.decoder is DecoderType.function:
             self.fn = load_function(sub.function or "")
@@ -150,61 +193,124 @@ class Decoder:
     def decode(self, topic: str, payload: bytes) -> dict[str, Any]:
         """Decode one message (raises DecodeError)."""
         if self._chirpstack_plain:
-            return self._chirpstack(payload)
+            report = self._chirpstack(payload)
+            if report is not None:
+                return report
         return self.decode_general(topic, payload)
 
-    def _chirpstack(self, payload: bytes) -> dict[str, Any]:
-        """:meth:`decode_general` for a ChirpStack subscription without field paths."""
-        doc = _object(payload)
-        info = doc.get("deviceInfo")
-        if not isinstance(info, dict):
-            raise DecodeError("not a ChirpStack v4 uplink event: no deviceInfo object")
-        device = _ident(info.get("devEui"), "deviceInfo.devEui")
-        obj = doc.get("object")
-        if not isinstance(obj, dict):
+    def _chirpstack(self, payload: bytes) -> dict[str, Any] | None:
+        """:meth:`decode_general` for a ChirpStack subscription without field paths, for the
+        common shape of an uplink; None for anything else, which :meth:`decode_general` then
+        decodes or rejects.
+
+        The common shape: UTF-8 text, the device EUI, deduplication id and time as strings
+        (a UTC time), ``object`` an object or absent, ``fCnt`` / ``fPort`` integers, ``data``
+        a string, the fault code one string or none. msgspec reads just those fields into a
+        :class:`_Uplink` (the rest of the document is checked but not built into objects,
+        which is where orjson spends its time) and reads integers of any size exactly. One
+        difference from orjson: a number beyond the double range (``1e400``) in a field the
+        decoder does not read is accepted here (stored with the rest of the text), where the
+        general decoder rejects the payload.
+        """
+        if not payload.isascii():
+            try:
+                payload.decode("utf-8")  # msgspec does not check the strings it skips
+            except UnicodeDecodeError:
+                return None
+        try:
+            up = _UPLINK.decode(payload)
+        except (msgspec.DecodeError, RecursionError):
+            return None
+        device = up.device_info.dev_eui.strip()
+        event_id = up.deduplication_id
+        if not device or len(device) > 200 or not event_id:
+            return None
+        m = _UTC_ISO.match(up.time)
+        if m is None:
+            return None
+        day, frac, _ = m.groups()
+        obj = up.object
+        if obj is None:
             obj = {}
         key = self._fault_key
         code = obj.get(key)
-        codes = _codes(code) if code is not None else []
-        # checked in the general decoder's order, so a report with two faults gets its reason
-        event_id = doc.get("deduplicationId")
-        if event_id is not None and not isinstance(event_id, (str, int)):
-            raise DecodeError("event_id: expected a string or an integer")
-        if codes:
-            values = {k: v for k, v in obj.items() if k != key}
-            c = classify_codes(codes, self.sub.codes, bool(values))
-            status, faults, cleared, unknown = c.status, c.faults, c.cleared, c.unknown
-        else:
+        if code is None or code == "":
             # telemetry or a heartbeat: its values are not kept (see decode_general)
-            values = obj if len(obj) > (key in obj) else {}
-            status, faults, cleared, unknown = ("telemetry" if values else "heartbeat"), [], [], []
-        report = {"device_id": device,
-                  "event_id": str(event_id) if event_id not in (None, "") else None,
-                  "time": parse_time(doc.get("time")), "status": status, "faults": faults,
-                  "cleared": cleared, "codes": codes, "decoder": self.kind_name}
-        if status != "heartbeat" and status != "telemetry":
-            report["values"] = values
-        if unknown:
-            report["unknown_codes"] = unknown
-        lora = {}
-        fcnt, fport = doc.get("fCnt"), doc.get("fPort")
-        if fcnt is not None:
-            lora["fCnt"] = fcnt
-        if fport is not None:
-            lora["fPort"] = fport
-        if not obj:
-            data = doc.get("data")
-            if data:
-                lora["data"] = data
+            report = {"device_id": device, "event_id": event_id,
+                      "time": f"{day}.{(frac or '')[:6].ljust(6, '0')}+00:00",
+                      "status": "telemetry" if len(obj) > (key in obj) else "heartbeat",
+                      "faults": [], "cleared": [], "codes": [], "decoder": self.kind_name}
+        else:
+            if type(code) is not str:
+                return None
+            values = {k: v for k, v in obj.items() if k != key}
+            codes = [code]
+            c = classify_codes(codes, self.sub.codes, bool(values))
+            report = {"device_id": device, "event_id": event_id,
+                      "time": f"{day}.{(frac or '')[:6].ljust(6, '0')}+00:00",
+                      "status": c.status, "faults": c.faults, "cleared": c.cleared,
+                      "codes": codes, "decoder": self.kind_name}
+            if c.status != "heartbeat" and c.status != "telemetry":
+                report["values"] = values
+            if c.unknown:
+                report["unknown_codes"] = c.unknown
+        fcnt, fport = up.f_cnt, up.f_port
+        if fcnt is not None and fport is not None:
+            lora = {"fCnt": fcnt, "fPort": fport}
+        else:
+            lora = {}
+            if fcnt is not None:
+                lora["fCnt"] = fcnt
+            if fport is not None:
+                lora["fPort"] = fport
+        if not obj and up.data:
+            lora["data"] = up.data
         if lora:
             report["lorawan"] = lora
         return report
 
     def decode_general(self, topic: str, payload: bytes) -> dict[str, Any]:
-        """Decode one message with any decoder and field paths (raises DecodeError)."""
+        """Decode one message with any decoder and field paths (raises DecodeError).
+
+        JSON is parsed by orjson; when a value the report depends on may be an integer beyond
+        64 bits that orjson read as a float (:func:`connectors.base.maybe_lossy`), the payload
+        is decoded again from :mod:`json`'s exact reading.
+        """
+        if self.kind is DecoderType.function:
+            return self._function(topic, payload)
+        doc = _object(payload)
+        try:
+            report, kept = self._from_doc(doc)
+        except DecodeError:
+            if not maybe_lossy(doc):
+                raise
+            return self._from_doc(_exact_object(payload))[0]
+        if maybe_lossy(kept):
+            return self._from_doc(_exact_object(payload))[0]
+        return report
+
+    def _function(self, topic: str, payload: bytes) -> dict[str, Any]:
+        assert self.fn is not None
+        try:
+            out = self.fn(topic, payload)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"decoder {self.sub.function} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(out, dict):
+            raise DecodeError(f"decoder {self.sub.function} returned "
+                              f"{type(out).__name__}, expected a dict")
+        device = _ident(out.get("device_id"), "device_id")
+        codes = _codes(out.get("fault", out.get("codes")))
+        values = out.get("values") if isinstance(out.get("values"), dict) else {}
+        return self._report(device, out.get("event_id"), out.get("time"), codes, values, {})
+
+    def _from_doc(self, doc: dict[str, Any]) -> tuple[dict[str, Any], tuple[Any, ...]]:
+        """The report of a parsed JSON payload, and the raw values it keeps that
+        :func:`connectors.base.maybe_lossy` must check (fault code, values, LoRaWAN fields)."""
         f = self.sub.fields
         if self.kind is DecoderType.chirpstack:
-            doc = _object(payload)
             info = doc.get("deviceInfo")
             if not isinstance(info, dict):
                 raise DecodeError("not a ChirpStack v4 uplink event: no deviceInfo object")
@@ -218,7 +324,6 @@ class Decoder:
             if not obj and doc.get("data"):
                 extra["data"] = doc.get("data")
         elif self.kind is DecoderType.tts:
-            doc = _object(payload)
             ids = doc.get("end_device_ids")
             up = doc.get("uplink_message")
             if not isinstance(ids, dict) or not isinstance(up, dict):
@@ -242,31 +347,14 @@ class Decoder:
             extra = {"f_cnt": up.get("f_cnt"), "f_port": up.get("f_port")}
             if not obj and up.get("frm_payload"):
                 extra["frm_payload"] = up.get("frm_payload")
-        elif self.kind is DecoderType.function:
-            assert self.fn is not None
-            try:
-                out = self.fn(topic, payload)
-            except DecodeError:
-                raise
-            except Exception as exc:
-                raise DecodeError(f"decoder {self.sub.function} failed: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-            if not isinstance(out, dict):
-                raise DecodeError(f"decoder {self.sub.function} returned "
-                                  f"{type(out).__name__}, expected a dict")
-            device = _ident(out.get("device_id"), "device_id")
-            event_id, time_v, base, extra = out.get("event_id"), out.get("time"), out, {}
-            codes = _codes(out.get("fault", out.get("codes")))
-            values = out.get("values") if isinstance(out.get("values"), dict) else {}
-            return self._report(device, event_id, time_v, codes, values, extra)
         else:
-            doc = _object(payload)
             device = _ident(dig(doc, f.device_id or "device_id"), f.device_id or "device_id")
             event_id = dig(doc, f.event_id or "event_id")
             time_v = dig(doc, f.time or "time")
             base, extra = doc, {}
         fault_key = f.fault or "fault"
-        codes = _codes(dig(base, fault_key))
+        code = dig(base, fault_key)
+        codes = _codes(code)
         if f.values:
             values = dig(base, f.values)
         elif self.kind is DecoderType.json:
@@ -279,7 +367,8 @@ class Decoder:
             values = base if len(base) > (fault_key in base) else {}
         if values is not None and not isinstance(values, dict):
             raise DecodeError(f"values: expected an object, got {type(values).__name__}")
-        return self._report(device, event_id, time_v, codes, values or {}, extra)
+        report = self._report(device, event_id, time_v, codes, values or {}, extra)
+        return report, (code, report.get("values"), extra)
 
     def _report(self, device: str, event_id: Any, time_v: Any, codes: list[str],
                 values: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -225,6 +225,8 @@ class PacketParser:
             b = data[pos + 1]
             if b < 0x80:
                 length, body = b, pos + 2
+            elif end - pos >= 3 and data[pos + 2] < 0x80:  # 128 B to 16 KiB: two bytes
+                length, body = (b & 0x7F) | (data[pos + 2] << 7), pos + 3
             else:
                 got = read_varint(data, pos + 1)
                 if got is None:

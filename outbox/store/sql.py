@@ -314,11 +314,9 @@ class SqlStore:
         rows = []
         last_at: datetime | None = None
         at = ""
+        packed: PackedRecords | None = None
         if isinstance(records, PackedRecords):  # already in the form written here
-            src, ch = records.source, records.channel.value
-            rows = [(src, ch, ref, at, now, payload, "[]", None)
-                    for ref, at, payload in records.rows]
-            records = ()
+            packed, records = records, ()
         for rec in records:
             if rec.received_at is not last_at:  # a batch's records often share one time
                 last_at, at = rec.received_at, ts(rec.received_at)
@@ -327,7 +325,12 @@ class SqlStore:
                          _dumps([a.model_dump(exclude_none=True) for a in rec.attachments])
                          if rec.attachments else "[]", rec.raw_blob))
         with self._write_tx() as cur:
-            if rows:
+            if packed is not None and packed.rows:
+                result.raw_ids = self._insert_packed(cur, packed.source, packed.channel.value,
+                                                     now, packed.rows)
+                result.inserted = len(result.raw_ids)
+                result.duplicates = len(packed.rows) - result.inserted
+            elif rows:
                 result.raw_ids = self._insert_raw(cur, rows)
                 result.inserted = len(result.raw_ids)
                 result.duplicates = len(rows) - result.inserted
@@ -356,6 +359,13 @@ class SqlStore:
     _INSERT_RAW = ("INSERT INTO raw_records (source, channel, source_ref, received_at, "
                    "ingested_at, payload, attachments, raw_blob) VALUES (?,?,?,?,?,?,?,?) "
                    "ON CONFLICT (source, source_ref) DO NOTHING")
+
+    def _insert_packed(self, cur: Any, source: str, channel: str, ingested_at: str,
+                       rows: Sequence[tuple[str, str, str]]) -> list[int]:
+        """Insert :class:`PackedRecords` rows ``(source_ref, received_at, payload)`` of one
+        source (no attachments, no raw blob); duplicates skipped; the ids of the new ones."""
+        return self._insert_raw(cur, [(source, channel, ref, at, ingested_at, payload, "[]", None)
+                                      for ref, at, payload in rows])
 
     def _insert_raw(self, cur: Any, rows: list[tuple[Any, ...]]) -> list[int]:
         """Insert raw record rows (duplicates skipped); return the ids of the new ones.

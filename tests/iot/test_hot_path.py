@@ -60,6 +60,27 @@ def chirpstack_variants() -> list[bytes]:
     # absent keys rather than nulls, garbage
     out += [b'{"deviceInfo": {"devEui": "d1"}}', b'{"deviceInfo": {"devEui": "d1"}, '
             b'"object": {"fault": "E1"}, "data": "AA=="}', b"[]", b"{", b"\xff", b"null"]
+    # what the msgspec fast path must read as orjson (or json, for big integers) does
+    ok = (b'{"deviceInfo": {"devEui": "d1", "x": [1, {"y": null}]}, "deduplicationId": "e1", '
+          b'"time": "2026-11-24T20:01:02.5Z"')
+    big = b"123456789012345678901234567890"
+    for tail in [b"", b', "time": "2026-11-24T20:01:03Z"', b', "deviceInfo": {"devEui": "d2"}',
+                 b', "object": {"fault": "E1", "fault": "ok", "n": ' + big + b"}",
+                 b', "object": {"fault": "E1", "n": [-' + big + rb', 1.5e300, "\u00e9"]}',
+                 b', "fCnt": ' + big, b', "fCnt": 1.0', b', "fCnt": true', b', "fPort": "10"',
+                 b', "data": 5', b', "data": ""', b', "object": {"v": 1}, "data": "AQ=="',
+                 rb', "rxInfo": [{"name": "\u8def\u706f", "s": "\ud83d\ude00"}]',
+                 b', "tags": "caf\xc3\xa9 \xe8\xb7\xaf"', b', "tags": "\xff\xfe"',
+                 b', "\xff": 1', rb', "x": "\ud800"', rb', "x": "\q"', b', "x": [1, 2,]',
+                 b', "x": NaN', b', "x": 01', b', "x": "a\x01b"',
+                 b', "x": ' + b"[" * 3000 + b"]" * 3000,
+                 b', "object": {"fault": ["E1"]}', b', "object": {"fault": 7}',
+                 b', "object": {"fault": {"a": 1}}', b', "object": []', b', "object": null',
+                 b', "deduplicationId": 7', b', "time": 1764000000', b', "time": "2026-11-24"']:
+        out.append(ok + tail + b"}")
+    out += [ok + b"} x", b"\xef\xbb\xbf" + ok + b"}",
+            ok.replace(b'"d1"', rb'"\u0064\u0031"') + b"}",
+            ok.replace(b'"d1"', b'"  "') + b"}", ok.replace(b'"e1"', b'""') + b"}"]
     return out
 
 
@@ -74,6 +95,25 @@ def test_straight_line_chirpstack_decoder_matches_the_general_one(sub: dict[str,
     for payload in payloads:
         assert outcome(dec.decode, "t/x", payload) == outcome(
             dec.decode_general, "t/x", payload), payload
+    assert sum(dec._chirpstack(p) is not None for p in payloads) > 50  # the fast path ran
+
+
+def test_fast_path_takes_the_common_uplink() -> None:
+    dec = connector().decoders[0][1]
+    payload = json.dumps({"deviceInfo": {"devEui": "d"}, "deduplicationId": "e",
+                          "time": "2026-11-24T20:01:02Z", "object": {"v": 1}}).encode()
+    assert dec._chirpstack(payload) == dec.decode_general("t/x", payload)
+
+
+def test_numbers_beyond_doubles_in_fields_not_read_are_accepted_by_the_fast_path() -> None:
+    """The one documented difference: orjson refuses 1e400 anywhere, msgspec only where it
+    reads the value; the fast path stores such an uplink (the raw text is kept)."""
+    dec = connector().decoders[0][1]
+    payload = (b'{"deviceInfo": {"devEui": "d"}, "deduplicationId": "e", "time": '
+               b'"2026-11-24T20:01:02Z", "rxInfo": [{"rssi": 1e400}], "object": {"v": 1}}')
+    assert dec.decode("t/x", payload)["device_id"] == "d"
+    with pytest.raises(DecodeError, match="not valid JSON"):
+        dec.decode_general("t/x", payload)
 
 
 def test_field_paths_use_the_general_decoder() -> None:
@@ -100,7 +140,7 @@ def test_packed_batch_reads_back_as_the_records_to_record_builds() -> None:
     batch = c._batch(msgs)
     assert isinstance(batch.records, PackedRecords)
     assert len(batch.records) == 3 and len(batch.rejects) == 1
-    assert batch.ack_token == [(1, 1), (1, 2), (1, 3), (1, 4)]
+    assert batch.ack_token == [(1, [1, 2, 3, 4])]
     expected = [c.to_record("t/x", p, NOW, retain=i == 2) for i, p in enumerate(payloads[:3])]
     assert list(batch.records) == expected
     assert batch.records[1:] == expected[1:]
@@ -174,3 +214,27 @@ def test_prefetch_stops_and_closes_the_source_when_the_consumer_stops() -> None:
     ahead.close()  # returns only once the worker has ended
     assert closed.is_set() and names == ["decode-ahead"]
     assert not any(t.name == "decode-ahead" for t in threading.enumerate())
+
+
+def test_packed_records_read_back_integers_beyond_64_bits_exactly() -> None:
+    c = connector()
+    big = 98765432109876543210987654321
+    payload = json.dumps({"deviceInfo": {"devEui": "d"}, "deduplicationId": "1",
+                          "object": {"fault": "E1", "n": big}}).encode()
+    batch = c._batch([(1, 1, 1, b"t/x", payload, NOW.timestamp(), False)])
+    rec = batch.records[0]
+    assert rec.payload["report"]["values"]["n"] == big
+    assert type(rec.payload["report"]["values"]["n"]) is int
+    assert rec == c.to_record("t/x", payload, NOW)
+
+
+def test_ack_token_is_the_packet_ids_in_runs_of_one_connection() -> None:
+    c = connector()
+    good = json.dumps({"deviceInfo": {"devEui": "d"}, "deduplicationId": "e"}).encode()
+    rx = NOW.timestamp()
+    msgs = [(1, 5, 1, b"t/x", good, rx, False), (1, 0, 0, b"t/x", good, rx, False),
+            (1, 7, 1, b"t/x", b"garbage", rx, False), (2, 1, 1, b"t/x", good, rx, False),
+            (2, 2, 1, b"t/x", good, rx, False)]
+    batch = c._batch(msgs)
+    assert batch.ack_token == [(1, [5, 7]), (2, [1, 2])]  # QoS 0 needs no PUBACK
+    assert len(batch.records) == 4 and len(batch.rejects) == 1

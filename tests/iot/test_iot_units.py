@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from connectors.base import payload_json
 from connectors.iot.config import MqttConfig
 from connectors.iot.connector import MqttConnector
 from connectors.iot.decoders import DecodeError, parse_time
@@ -134,3 +135,59 @@ def test_trusted_raw_is_the_validated_record() -> None:
     assert rec.model_dump() == RawRecord(**fields).model_dump()
     assert rec.model_fields_set == RawRecord.model_construct(**fields, attachments=[],
                                                              raw_blob=None).model_fields_set
+
+
+BIG = 123456789012345678901234567890
+
+
+@pytest.mark.parametrize("sub,body", [
+    ({}, {"device_id": "d", "event_id": BIG, "fault": "E1", "values": {"n": [BIG, -BIG]}}),
+    ({}, {"device_id": BIG, "event_id": 1, "fault": BIG, "values": {"n": 1.5}}),
+    ({"fields": {"values": "m"}}, {"device_id": "d", "fault": "E1", "m": {"x": {"y": BIG}}}),
+    ({"decoder": "chirpstack"}, {"deviceInfo": {"devEui": "a1"}, "deduplicationId": BIG,
+                                 "fCnt": BIG, "object": {"fault": "E1", "n": BIG}}),
+    ({"decoder": "chirpstack"}, {"deviceInfo": {"devEui": BIG}, "deduplicationId": "e",
+                                 "time": "2026-11-24T20:01:02Z", "object": {"fault": BIG}}),
+    ({"decoder": "chirpstack", "fields": {"device_id": "deviceInfo.devName"}},
+     {"deviceInfo": {"devName": "p"}, "deduplicationId": "e", "fPort": BIG, "object": {}}),
+    ({"decoder": "tts"}, {"end_device_ids": {"dev_eui": "e1"},
+                          "received_at": "2026-11-24T20:05:00Z",
+                          "uplink_message": {"f_cnt": BIG, "decoded_payload": {"fault": "E1",
+                                                                               "v": -BIG}}}),
+    ({}, {"device_id": "d", "fault": "E1", "values": {"f": 1e300, "g": -1e19}}),
+])
+def test_integers_beyond_64_bits_decode_as_json_reads_them(sub: dict, body: dict) -> None:
+    c = connector(**sub)
+    payload = json.dumps(body).encode()
+    dec = c.decoders[0][1]
+    # what the decoder would give if the JSON were read by the json module throughout
+    exact = dec._from_doc(json.loads(payload))[0]
+    assert dec.decode("t/x", payload) == exact
+    rec = c.to_record("t/x", payload, NOW)
+    assert rec.payload["report"] == exact
+    assert json.loads(payload_json(rec.payload))["report"] == exact
+
+
+def test_floats_stay_floats_and_ordinary_payloads_skip_the_second_parse(monkeypatch) -> None:
+    import connectors.iot.decoders as decoders
+
+    def no_second_parse(payload: bytes) -> dict:
+        raise AssertionError("parsed twice")
+
+    monkeypatch.setattr(decoders, "_exact_object", no_second_parse)
+    cs = connector(decoder="chirpstack").decoders[0][1]
+    rep = cs.decode("t/x", json.dumps(CHIRPSTACK).encode())
+    assert rep["values"] == {"power_w": 0.0, "lamp_on": False}
+    js = connector().decoders[0][1]
+    rep = js.decode("t/x", b'{"device_id": "d", "fault": "E1", "values": {"a": 9.2e18, '
+                           b'"b": 9223372036854775807, "c": -9223372036854775808}}')
+    assert rep["values"] == {"a": 9.2e18, "b": 2**63 - 1, "c": -2**63}
+
+
+@pytest.mark.parametrize("value", [10**25, -10**25, 1e300])
+def test_epoch_times_out_of_range_are_decode_errors(value: float) -> None:
+    with pytest.raises(DecodeError, match="out of range"):
+        parse_time(value)
+    payload = json.dumps({"device_id": "d", "time": value}).encode()
+    with pytest.raises(DecodeError, match="time"):
+        connector().to_record("t/x", payload, NOW)

@@ -231,3 +231,24 @@ def test_two_faults_in_one_report_and_persistence_by_time(tmp_path: Path,
     run(cfg)  # no new report: the sweep sees the fault persisted for 4 s
     faults = sorted(c["case"]["extra"]["fault"] for c in cases(tmp_path))
     assert faults == ["high_temperature", "lamp_failure", "supply_loss"]
+
+
+def test_integers_beyond_64_bits_arrive_exact(tmp_path: Path, broker: Mosquitto) -> None:
+    """orjson reads a 25-digit integer as a float: the decoders read such payloads again
+    with json, so the value is stored, and reaches the case, digit for digit."""
+    big = 1234567890123456789012345
+    cfg = write_hub_config(tmp_path, broker, faults={"default": {"reports": 1, "seconds": 0}})
+    prime(cfg)
+    cs_topic = "application/17c82e96-be03-4f38-aef3-f83d48582d97/device/a840410000000001/event/up"
+    uplink = {**CHIRPSTACK, "object": {"fault": "lamp_failure", "meter": big}}
+    send(broker, [report("SL-003", 1, "E01", meter=big, lamp_on=False),
+                  (cs_topic, json.dumps(uplink).encode(), 1)])
+    s = run(cfg)
+    assert s.ingest[0].inserted == 2 and s.ingest[0].dead == 0
+    descriptions = sorted(c["case"]["description"] for c in cases(tmp_path))
+    assert len(descriptions) == 2
+    assert all(f"meter={big}" in d for d in descriptions), descriptions
+    with Hub(load_config(str(cfg))) as hub:
+        rows = hub.store.query("SELECT payload FROM raw_records")
+    values = [json.loads(r["payload"])["report"]["values"]["meter"] for r in rows]
+    assert values == [big, big] and all(type(v) is int for v in values)

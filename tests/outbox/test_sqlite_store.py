@@ -203,3 +203,36 @@ def test_withdrawn_attempt_restores_a_retried_row(store: SqlStore) -> None:
     assert row["state"] == "retrying" and row["attempts"] == 1 and row["claimed_by"] is None
     assert row["first_attempt_at"] == before["first_attempt_at"] is not None
     assert store.claim_due("w:2", 1, 60, now + timedelta(seconds=2))[0].attempts == 1
+
+
+def test_wal_is_checkpointed_by_the_store_thread_not_by_commits(tmp_path: Path) -> None:
+    """Commits leave the WAL to the checkpointer thread: a moment later it has been copied
+    into the database file (all its frames backfilled), and close() ends the thread."""
+    import sqlite3
+    import time
+
+    from outbox.store.sqlite import BACKSTOP_PAGES
+
+    s = open_store(f"sqlite:///{tmp_path / 'hub.db'}", BlobStore(tmp_path / "blobs"))
+    assert s.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == BACKSTOP_PAGES
+    size_before = (tmp_path / "hub.db").stat().st_size
+    res = s.commit_ingest("src", [raw(f"r{i}") for i in range(2000)])
+    assert res.inserted == 2000
+    ck = s._checkpointer
+    assert ck is not None
+    deadline = time.monotonic() + 10
+    while ck.passes < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ck.passes >= 1
+    other = sqlite3.connect(str(tmp_path / "hub.db"))
+    busy, log, done = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    other.close()
+    assert busy == 0 and log == done  # nothing left for a checkpoint to copy
+    assert (tmp_path / "hub.db").stat().st_size > size_before + 100_000
+    thread = ck._thread
+    s.commit_ingest("src", [raw("last")])
+    s.close()
+    assert not thread.is_alive()
+    again = open_store(f"sqlite:///{tmp_path / 'hub.db'}", BlobStore(tmp_path / "blobs"))
+    assert again.query("SELECT COUNT(*) AS n FROM raw_records")[0]["n"] == 2001
+    again.close()
