@@ -130,3 +130,24 @@ def ticking(step: float = 10.0) -> Callable[[], datetime]:
 def outbox_rows(hub: Hub, sink: str | None = None) -> list[dict[str, Any]]:
     sql = "SELECT * FROM outbox" + (" WHERE sink = ?" if sink else "") + " ORDER BY id"
     return hub.store.query(sql, (sink,) if sink else ())
+
+
+def feed_past_start_by(hub: Hub, sink: str, pool: type, rows: int = 8, start_in: float = 0.1
+                       ) -> tuple[list[Any], dict[int, dict[str, Any]], int]:
+    """Claim ``rows`` rows and feed them as one chunk to ``sink``'s flow (its pool must be a
+    ``pool``) with queued calls allowed to start only for ``start_in`` seconds; returns the
+    claimed rows, the outbox rows by id afterwards and the flow's chunk size."""
+    import time
+
+    from hub.pipeline import DeliverStats, _SinkFlow
+    from outbox.store.timefmt import now_utc
+
+    claimed = hub.store.claim_due(hub.worker_id, rows, 300)
+    flow = _SinkFlow(hub, hub.sink(sink), DeliverStats(), now_utc, lease=300)
+    assert isinstance(flow.pool, pool)
+    try:
+        flow.feed(claimed, start_by=time.monotonic() + start_in)
+        flow.drain()
+    finally:
+        flow.close()
+    return claimed, {r["id"]: r for r in outbox_rows(hub)}, flow.chunk

@@ -226,23 +226,14 @@ def test_calls_still_queued_at_the_lease_margin_are_not_made(make_hub, open311) 
     margin (another worker may have the row by then): on the thread pool, calls still queued
     behind slow ones at ``start_by`` are not made, their recorded attempts are withdrawn and
     the rows given back untouched; the next run posts each of them once."""
-    import time
-
-    from hub.pipeline import CallPool, DeliverStats, _SinkFlow
-    from outbox.store.timefmt import now_utc
+    from hub.pipeline import CallPool
+    from tests.delivery.conftest import feed_past_start_by
 
     hub = make_hub([open311_sink(open311, concurrency=2)])
     seed(hub)
     open311.inject(("slow", 0.3), ("slow", 0.3))  # both threads busy for 0.3 s
-    rows = hub.store.claim_due(hub.worker_id, 8, 300)
-    flow = _SinkFlow(hub, hub.sink("city311"), DeliverStats(), now_utc, lease=300)
-    assert isinstance(flow.pool, CallPool) and flow.chunk == 8
-    try:
-        flow.feed(rows, start_by=time.monotonic() + 0.1)
-        flow.drain()
-    finally:
-        flow.close()
-    state = {r["id"]: r for r in outbox_rows(hub)}
+    rows, state, chunk = feed_past_start_by(hub, "city311", CallPool)
+    assert chunk == 8
     made = [d for d in rows if state[d.id]["state"] == "delivered"]
     given_back = [d for d in rows if state[d.id]["state"] == "pending"]
     assert len(made) == 2 and len(open311.requests) == 2 and open311.posts == 2

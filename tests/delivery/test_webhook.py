@@ -307,21 +307,13 @@ def test_calls_still_queued_on_the_multiplexer_at_the_lease_margin_are_not_made(
         make_hub, webhook) -> None:
     """The multiplexer keeps calls queued until a connection is free: one still queued at
     ``start_by`` is not sent; its attempt is withdrawn and the row given back untouched."""
-    from hub.pipeline import DeliverStats, MuxPool, _SinkFlow
-    from outbox.store.timefmt import now_utc
+    from hub.pipeline import MuxPool
+    from tests.delivery.conftest import feed_past_start_by
 
     hub = make_hub([webhook_sink(webhook, concurrency=2)])
     seed(hub)
     webhook.inject(("slow", 0.3), ("slow", 0.3))  # both connections busy for 0.3 s
-    rows = hub.store.claim_due(hub.worker_id, 8, 300)
-    flow = _SinkFlow(hub, hub.sink("workorders"), DeliverStats(), now_utc, lease=300)
-    assert isinstance(flow.pool, MuxPool)
-    try:
-        flow.feed(rows, start_by=time.monotonic() + 0.1)
-        flow.drain()
-    finally:
-        flow.close()
-    state = {r["id"]: r for r in outbox_rows(hub)}
+    rows, state, _ = feed_past_start_by(hub, "workorders", MuxPool)
     given_back = [d for d in rows if state[d.id]["state"] == "pending"]
     assert sum(state[d.id]["state"] == "delivered" for d in rows) == 2
     assert len(given_back) == 6 and len(webhook.created) == 2
